@@ -1,0 +1,788 @@
+//! NetworkPolicy → [`Ruleset`] for one node.
+//!
+//! Only the node's own pods are targets, so the work is proportional to the local pods and
+//! the policies that select them; peers are resolved cluster-wide but once per distinct
+//! selector. The result is a pure function of the cluster state and the node name: equal
+//! inputs give equal rulesets, with equal names.
+//!
+//! Shape of the output (see `rules/README.md` for the why):
+//! - `ingress-v4`/`-v6`, `egress-v4`/`-v6`: verdict maps, local pod address → `jump` to the
+//!   pod's target chain. Pods not isolated in a direction have no element there.
+//! - one target chain per distinct (direction, selecting policies, resolved named ports):
+//!   replicas share it. One `return` rule per (policy rule × peer × family × port group),
+//!   then `counter drop`.
+//! - named sets of peer addresses, one per distinct peer and family, shared by all chains.
+
+mod ipblock;
+mod names;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+pub use ipblock::{as_prefix, contains as ipblock_contains, ranges as ipblock_ranges};
+pub use names::{fnv1a64, NAME_BUDGET};
+
+use crate::model::{
+    Cluster, Diagnostic, Direction, Effect, IpBlock, Kind, Labels, NamespaceSel, ObjectRef, Peer,
+    Pod, Policy, PortRange, PortSel, Protocol,
+};
+use crate::ruleset::{
+    Action, AddrField, Chain, CtState, Element, Family, Hook, Map, Match, Origin, Rule, Ruleset,
+    Set, SetKey, ICMPV6_ND_TYPES,
+};
+use names::Namer;
+
+/// A compiled node ruleset and what was wrong on the way.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub ruleset: Ruleset,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Names of the fixed objects.
+pub fn dispatch_map(direction: Direction, family: Family) -> String {
+    format!("{}-{}", direction.as_str(), family.suffix())
+}
+
+pub fn self_set(family: Family) -> String {
+    format!("self-{}", family.suffix())
+}
+
+/// Compiles the ruleset of `node`.
+pub fn compile(cluster: &Cluster, node: &str) -> Compiled {
+    let index = Index::new(cluster);
+    let mut b = Builder {
+        index: &index,
+        namer: Namer::default(),
+        chains: BTreeMap::new(),
+        sets: BTreeMap::new(),
+    };
+    let mut diagnostics = Vec::new();
+
+    let mut maps: BTreeMap<(Direction, Family), BTreeMap<IpAddr, String>> = BTreeMap::new();
+    let mut owner: BTreeMap<(Direction, IpAddr), (String, String)> = BTreeMap::new();
+    let mut self_pairs: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
+
+    let local = cluster
+        .pods()
+        .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node));
+    for pod in local {
+        for ip in &pod.ips {
+            self_pairs
+                .entry(Family::of(ip))
+                .or_default()
+                .insert(Element::AddrPair(*ip, *ip));
+        }
+        for direction in Direction::BOTH {
+            let policies: Vec<&Policy> = index
+                .policies_in(&pod.namespace)
+                .filter(|p| p.rules(direction).is_some() && p.selects(pod))
+                .collect();
+            if policies.is_empty() {
+                continue;
+            }
+            let chain = b.target_chain(direction, &policies, pod);
+            for ip in &pod.ips {
+                let entry = maps.entry((direction, Family::of(ip))).or_default();
+                match entry.get(ip) {
+                    Some(existing) if *existing != chain => {
+                        // Two live pods claim one address (stale state). The first keeps it.
+                        let (ns, name) = &owner[&(direction, *ip)];
+                        diagnostics.push(Diagnostic {
+                            object: ObjectRef {
+                                kind: Kind::Pod,
+                                namespace: Some(pod.namespace.clone()),
+                                name: pod.name.clone(),
+                            },
+                            field: "status.podIPs".to_string(),
+                            message: format!("address {ip} is also claimed by pod {ns}/{name}, whose {direction} rules apply to it"),
+                            effect: Effect::AddressIgnored,
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        entry.insert(*ip, chain.clone());
+                        owner.insert((direction, *ip), pod.key());
+                    }
+                }
+            }
+        }
+    }
+
+    let mut ruleset = Ruleset::default();
+    for direction in Direction::BOTH {
+        for family in Family::BOTH {
+            let elements = maps.remove(&(direction, family)).unwrap_or_default();
+            ruleset
+                .maps
+                .insert(dispatch_map(direction, family), Map { family, elements });
+        }
+    }
+    for family in Family::BOTH {
+        ruleset.sets.insert(
+            self_set(family),
+            Set {
+                key: SetKey::AddrPair(family),
+                interval: false,
+                comment: "local pods: a pod may always reach itself".to_string(),
+                elements: self_pairs.remove(&family).unwrap_or_default(),
+            },
+        );
+    }
+    ruleset
+        .chains
+        .insert(Hook::Forward.as_str().to_string(), forward_chain());
+    ruleset
+        .chains
+        .insert(Hook::Input.as_str().to_string(), input_chain());
+    for (name, rules) in std::mem::take(&mut b.chains) {
+        ruleset.chains.insert(name, Chain { hook: None, rules });
+    }
+    for (name, spec) in std::mem::take(&mut b.sets) {
+        ruleset.sets.insert(name, b.fill(spec));
+    }
+    Compiled {
+        ruleset,
+        diagnostics,
+    }
+}
+
+fn builtin(matches: Vec<Match>, counter: bool, action: Action, why: &'static str) -> Rule {
+    Rule {
+        matches,
+        counter,
+        action,
+        origin: Some(Origin::Builtin(why)),
+    }
+}
+
+fn established() -> Rule {
+    let states = BTreeSet::from([CtState::Established, CtState::Related]);
+    builtin(
+        vec![Match::CtState(states)],
+        false,
+        Action::Accept,
+        "established connections",
+    )
+}
+
+fn neighbour_discovery() -> Rule {
+    let types = ICMPV6_ND_TYPES.into_iter().collect();
+    builtin(
+        vec![Match::Icmpv6Type(types)],
+        false,
+        Action::Accept,
+        "IPv6 neighbour discovery",
+    )
+}
+
+fn dispatch(field: AddrField, direction: Direction) -> Vec<Rule> {
+    Family::BOTH
+        .into_iter()
+        .map(|family| Rule {
+            matches: vec![],
+            counter: false,
+            action: Action::Dispatch {
+                field,
+                family,
+                map: dispatch_map(direction, family),
+            },
+            origin: None,
+        })
+        .collect()
+}
+
+/// Forward hook: pod ↔ pod on this node (bridged, via br_netfilter), pod ↔ other nodes and
+/// the world. Egress of the source first, then ingress of the destination: a packet between
+/// two local pods must pass both.
+fn forward_chain() -> Chain {
+    let mut rules = vec![
+        established(),
+        builtin(
+            vec![Match::CtState(BTreeSet::from([CtState::Invalid]))],
+            true,
+            Action::Drop,
+            "invalid packets",
+        ),
+        neighbour_discovery(),
+    ];
+    for family in Family::BOTH {
+        rules.push(builtin(
+            vec![Match::AddrPairInSet {
+                family,
+                set: self_set(family),
+            }],
+            false,
+            Action::Accept,
+            "pod to itself",
+        ));
+    }
+    rules.extend(dispatch(AddrField::Saddr, Direction::Egress));
+    rules.extend(dispatch(AddrField::Daddr, Direction::Ingress));
+    Chain {
+        hook: Some(Hook::Forward),
+        rules,
+    }
+}
+
+/// Input hook: a pod talking to its own node is egress traffic of the pod. Nothing else of
+/// the node's own traffic is touched (no invalid-state drop here).
+fn input_chain() -> Chain {
+    let mut rules = vec![established(), neighbour_discovery()];
+    rules.extend(dispatch(AddrField::Saddr, Direction::Egress));
+    Chain {
+        hook: Some(Hook::Input),
+        rules,
+    }
+}
+
+/// Lookups over the cluster the compiler needs, built once per compile.
+struct Index<'c> {
+    policies_by_ns: BTreeMap<&'c str, Vec<&'c Policy>>,
+    /// Policy pods (live, not hostNetwork) by namespace.
+    pods_by_ns: BTreeMap<&'c str, Vec<&'c Pod>>,
+    namespaces: Vec<(&'c str, Labels)>,
+}
+
+impl<'c> Index<'c> {
+    fn new(cluster: &'c Cluster) -> Self {
+        let mut policies_by_ns: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
+        for p in cluster.policies() {
+            policies_by_ns
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(p);
+        }
+        let mut pods_by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for p in cluster.pods().filter(|p| p.is_policy_pod()) {
+            pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        let namespaces = cluster
+            .namespace_names()
+            .into_iter()
+            .map(|n| (n, cluster.namespace_labels(n)))
+            .collect();
+        Index {
+            policies_by_ns,
+            pods_by_ns,
+            namespaces,
+        }
+    }
+
+    fn policies_in(&self, namespace: &str) -> impl Iterator<Item = &'c Policy> + '_ {
+        self.policies_by_ns
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &'c Pod> + '_ {
+        self.pods_by_ns
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// Pods a selector peer selects, cluster-wide.
+    fn peer_pods(&self, namespaces: &NamespaceSel, pods: &crate::model::Selector) -> Vec<&'c Pod> {
+        let in_ns = |ns: &str| -> Vec<&'c Pod> {
+            self.pods_in(ns)
+                .filter(|p| pods.matches(&p.labels))
+                .collect()
+        };
+        match namespaces {
+            NamespaceSel::Own(ns) => in_ns(ns),
+            NamespaceSel::Matching(sel) => self
+                .namespaces
+                .iter()
+                .filter(|(_, labels)| sel.matches(labels))
+                .flat_map(|(ns, _)| in_ns(ns))
+                .collect(),
+        }
+    }
+
+    fn all_pods(&self) -> impl Iterator<Item = &'c Pod> + '_ {
+        self.pods_by_ns.values().flatten().copied()
+    }
+}
+
+/// The remote end of a rule, for one rule emission.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Remote {
+    Any,
+    Peer(Peer),
+}
+
+/// A named set to be filled once every chain is built.
+#[derive(Clone, Debug)]
+enum SetSpec {
+    /// Addresses of the pods a selector peer selects.
+    Pods {
+        namespaces: NamespaceSel,
+        pods: crate::model::Selector,
+        family: Family,
+    },
+    /// An ipBlock's ranges.
+    Cidr { block: IpBlock },
+    /// `addr . proto . port` of each destination pod of `remote` having one of the named ports.
+    NamedPorts {
+        remote: Remote,
+        family: Family,
+        ports: BTreeSet<(String, Protocol)>,
+    },
+}
+
+/// Ports of one protocol a rule allows.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ProtoPorts {
+    All,
+    Ranges(BTreeSet<PortRange>),
+}
+
+struct Builder<'i, 'c> {
+    index: &'i Index<'c>,
+    namer: Namer,
+    chains: BTreeMap<String, Vec<Rule>>,
+    sets: BTreeMap<String, SetSpec>,
+}
+
+impl Builder<'_, '_> {
+    /// The chain for `pod` in `direction`, built on first use. Its identity is the set of
+    /// policies and, for ingress, what their named ports resolve to on this pod.
+    fn target_chain(&mut self, direction: Direction, policies: &[&Policy], pod: &Pod) -> String {
+        let resolved: BTreeMap<(String, Protocol), Option<u16>> = match direction {
+            Direction::Egress => BTreeMap::new(),
+            Direction::Ingress => policies
+                .iter()
+                .flat_map(|p| p.rules(direction).unwrap_or_default())
+                .flat_map(|r| r.ports.iter().flatten())
+                .filter_map(|spec| match &spec.port {
+                    PortSel::Named(n) => Some((
+                        (n.clone(), spec.protocol),
+                        pod.resolve_port(n, spec.protocol),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
+        let mut identity = format!("{direction}|{}|{}", pod.namespace, names.join(","));
+        for ((name, proto), port) in &resolved {
+            identity.push_str(&format!(
+                "|{name}/{proto}={}",
+                port.map_or("-".into(), |p| p.to_string())
+            ));
+        }
+        let role = match direction {
+            Direction::Ingress => "ing",
+            Direction::Egress => "egr",
+        };
+        let chain = self.namer.name(
+            role,
+            &identity,
+            &format!("{}/{}", pod.namespace, names.join("_")),
+        );
+        if !self.chains.contains_key(&chain) {
+            let rules = self.chain_rules(direction, policies, &resolved);
+            self.chains.insert(chain.clone(), rules);
+        }
+        chain
+    }
+
+    fn chain_rules(
+        &mut self,
+        direction: Direction,
+        policies: &[&Policy],
+        resolved: &BTreeMap<(String, Protocol), Option<u16>>,
+    ) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        for policy in policies {
+            let policy_id = format!("{}/{}", policy.namespace, policy.name);
+            for rule in policy.rules(direction).unwrap_or_default() {
+                let origin = Origin::Allow {
+                    policy: policy_id.clone(),
+                    direction,
+                    rule: rule.index,
+                };
+                let PortMatch { numeric, named } =
+                    port_match(direction, rule.ports.as_deref(), resolved);
+                let remotes: Vec<Remote> = match &rule.peers {
+                    None => vec![Remote::Any],
+                    Some(peers) => peers.iter().cloned().map(Remote::Peer).collect(),
+                };
+                for remote in remotes {
+                    if let Some(groups) = &numeric {
+                        for addr in self.remote_matches(direction, &remote) {
+                            for ports in groups {
+                                let mut matches: Vec<Match> = addr.iter().cloned().collect();
+                                matches.extend(ports.iter().cloned());
+                                rules.push(Rule {
+                                    matches,
+                                    counter: false,
+                                    action: Action::Return,
+                                    origin: Some(origin.clone()),
+                                });
+                            }
+                        }
+                    }
+                    if !named.is_empty() {
+                        for family in remote_families(&remote) {
+                            let set = self.named_port_set(&remote, family, &named);
+                            rules.push(Rule {
+                                matches: vec![Match::AddrProtoPortInSet {
+                                    field: AddrField::Daddr,
+                                    family,
+                                    set,
+                                }],
+                                counter: false,
+                                action: Action::Return,
+                                origin: Some(origin.clone()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let policies = policies
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        rules.push(Rule {
+            matches: vec![],
+            counter: true,
+            action: Action::Drop,
+            origin: Some(Origin::Isolated {
+                direction,
+                policies,
+            }),
+        });
+        rules
+    }
+
+    /// The address match of a remote: none for "anyone", one per family for a selector peer
+    /// (both sets always exist, so pods appearing never change the chain), one for an ipBlock.
+    fn remote_matches(&mut self, direction: Direction, remote: &Remote) -> Vec<Option<Match>> {
+        let field = match direction {
+            Direction::Ingress => AddrField::Saddr,
+            Direction::Egress => AddrField::Daddr,
+        };
+        match remote {
+            Remote::Any => vec![None],
+            Remote::Peer(peer) => remote_families(remote)
+                .into_iter()
+                .map(|family| {
+                    let set = self.peer_set(peer, family);
+                    Some(Match::AddrInSet { field, family, set })
+                })
+                .collect(),
+        }
+    }
+
+    fn peer_set(&mut self, peer: &Peer, family: Family) -> String {
+        let (role, identity, hint, spec) = match peer {
+            Peer::Pods { namespaces, pods } => (
+                format!("pods-{}", family.suffix()),
+                peer_identity(peer),
+                format!(
+                    "{}/{}",
+                    names::namespace_hint(namespaces),
+                    names::selector_hint(pods)
+                ),
+                SetSpec::Pods {
+                    namespaces: namespaces.clone(),
+                    pods: pods.clone(),
+                    family,
+                },
+            ),
+            Peer::IpBlock(block) => (
+                format!("cidr-{}", family.suffix()),
+                peer_identity(peer),
+                block_hint(block),
+                SetSpec::Cidr {
+                    block: block.clone(),
+                },
+            ),
+        };
+        let name = self.namer.name(&role, &identity, &hint);
+        self.sets.entry(name.clone()).or_insert(spec);
+        name
+    }
+
+    fn named_port_set(
+        &mut self,
+        remote: &Remote,
+        family: Family,
+        ports: &BTreeSet<(String, Protocol)>,
+    ) -> String {
+        let (peer_id, peer_hint) = match remote {
+            Remote::Any => ("any".to_string(), "any".to_string()),
+            Remote::Peer(p @ Peer::Pods { namespaces, pods }) => (
+                peer_identity(p),
+                format!(
+                    "{}/{}",
+                    names::namespace_hint(namespaces),
+                    names::selector_hint(pods)
+                ),
+            ),
+            Remote::Peer(p @ Peer::IpBlock(block)) => (peer_identity(p), block_hint(block)),
+        };
+        let port_list: Vec<String> = ports.iter().map(|(n, p)| format!("{n}/{p}")).collect();
+        let identity = format!("{peer_id}|{}", port_list.join(","));
+        let hint = format!(
+            "{peer_hint}.{}",
+            ports
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(".")
+        );
+        let name = self
+            .namer
+            .name(&format!("nport-{}", family.suffix()), &identity, &hint);
+        self.sets
+            .entry(name.clone())
+            .or_insert_with(|| SetSpec::NamedPorts {
+                remote: remote.clone(),
+                family,
+                ports: ports.clone(),
+            });
+        name
+    }
+
+    /// Computes the elements of a named set.
+    fn fill(&self, spec: SetSpec) -> Set {
+        match spec {
+            SetSpec::Pods {
+                namespaces,
+                pods,
+                family,
+            } => {
+                let elements = self
+                    .index
+                    .peer_pods(&namespaces, &pods)
+                    .into_iter()
+                    .flat_map(|p| p.ips.iter())
+                    .filter(|ip| Family::of(ip) == family)
+                    .map(|ip| Element::Addr(*ip))
+                    .collect();
+                let comment = peer_comment(&namespaces, &pods);
+                Set {
+                    key: SetKey::Addr(family),
+                    interval: false,
+                    comment,
+                    elements,
+                }
+            }
+            SetSpec::Cidr { block } => {
+                let family = block_family(&block);
+                let elements = ipblock::ranges(&block)
+                    .into_iter()
+                    .map(|(a, b)| Element::Range(a, b))
+                    .collect();
+                Set {
+                    key: SetKey::Addr(family),
+                    interval: true,
+                    comment: block_comment(&block),
+                    elements,
+                }
+            }
+            SetSpec::NamedPorts {
+                remote,
+                family,
+                ports,
+            } => {
+                let pods: Vec<&Pod> = match &remote {
+                    Remote::Any => self.index.all_pods().collect(),
+                    Remote::Peer(Peer::Pods { namespaces, pods }) => {
+                        self.index.peer_pods(namespaces, pods)
+                    }
+                    Remote::Peer(Peer::IpBlock(_)) => self.index.all_pods().collect(),
+                };
+                let mut elements = BTreeSet::new();
+                for pod in pods {
+                    for (name, proto) in &ports {
+                        let Some(port) = pod.resolve_port(name, *proto) else {
+                            continue;
+                        };
+                        for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
+                            if let Remote::Peer(Peer::IpBlock(block)) = &remote {
+                                if !ipblock::contains(block, ip) {
+                                    continue;
+                                }
+                            }
+                            elements.insert(Element::AddrProtoPort(*ip, *proto, port));
+                        }
+                    }
+                }
+                let who = match &remote {
+                    Remote::Any => "any pod".to_string(),
+                    Remote::Peer(Peer::Pods { namespaces, pods }) => peer_comment(namespaces, pods),
+                    Remote::Peer(Peer::IpBlock(block)) => {
+                        format!("pods in {}", block_comment(block))
+                    }
+                };
+                let list: Vec<String> = ports.iter().map(|(n, p)| format!("{n}/{p}")).collect();
+                Set {
+                    key: SetKey::AddrProtoPort(family),
+                    interval: false,
+                    comment: format!("named ports {} of {who}", list.join(",")),
+                    elements,
+                }
+            }
+        }
+    }
+}
+
+/// A rule's port part, split for rule emission.
+struct PortMatch {
+    /// Match lists for the numeric ports, one per group of protocols sharing the same ports.
+    numeric: Option<Vec<Vec<Match>>>,
+    /// Egress named ports, resolved per destination pod through a set.
+    named: BTreeSet<(String, Protocol)>,
+}
+
+/// Splits a rule's ports into numeric match groups and (egress) named ports.
+///
+/// `numeric` is `None` when no numeric match is left (every entry was a named port, or named
+/// ports that do not resolve): then only the named-port rule, if any, can allow. `Some(vec![])`
+/// never occurs; "all ports and protocols" is `Some(vec![vec![]])`, one rule with no port match.
+fn port_match(
+    direction: Direction,
+    ports: Option<&[crate::model::PortSpec]>,
+    resolved: &BTreeMap<(String, Protocol), Option<u16>>,
+) -> PortMatch {
+    let Some(ports) = ports else {
+        return PortMatch {
+            numeric: Some(vec![vec![]]),
+            named: BTreeSet::new(),
+        };
+    };
+    let mut per_proto: BTreeMap<Protocol, ProtoPorts> = BTreeMap::new();
+    let mut named = BTreeSet::new();
+    let mut add = |proto: Protocol, range: Option<PortRange>| {
+        let entry = per_proto
+            .entry(proto)
+            .or_insert(ProtoPorts::Ranges(BTreeSet::new()));
+        match (entry, range) {
+            (ProtoPorts::All, _) => {}
+            (entry, None) => *entry = ProtoPorts::All,
+            (ProtoPorts::Ranges(r), Some(range)) => {
+                r.insert(range);
+            }
+        }
+    };
+    for spec in ports {
+        match &spec.port {
+            PortSel::All => add(spec.protocol, None),
+            PortSel::Range(r) => add(spec.protocol, Some(*r)),
+            PortSel::Named(name) => match direction {
+                Direction::Ingress => {
+                    if let Some(Some(port)) = resolved.get(&(name.clone(), spec.protocol)) {
+                        add(spec.protocol, Some(PortRange::single(*port)));
+                    }
+                }
+                Direction::Egress => {
+                    named.insert((name.clone(), spec.protocol));
+                }
+            },
+        }
+    }
+    // Protocols allowing the same ports share one rule: `meta l4proto { tcp, udp } th dport 53`.
+    let mut groups: BTreeMap<ProtoPorts, BTreeSet<Protocol>> = BTreeMap::new();
+    for (proto, ports) in per_proto {
+        let ports = match ports {
+            ProtoPorts::Ranges(r) => ProtoPorts::Ranges(merge_ranges(r)),
+            all => all,
+        };
+        groups.entry(ports).or_default().insert(proto);
+    }
+    let numeric: Vec<Vec<Match>> = groups
+        .into_iter()
+        .map(|(ports, protos)| {
+            let mut m = vec![Match::L4Proto(protos)];
+            if let ProtoPorts::Ranges(r) = ports {
+                m.push(Match::Dport(r));
+            }
+            m
+        })
+        .collect();
+    PortMatch {
+        numeric: (!numeric.is_empty()).then_some(numeric),
+        named,
+    }
+}
+
+/// Merges overlapping and adjacent ranges (nft interval sets reject overlaps).
+fn merge_ranges(ranges: BTreeSet<PortRange>) -> BTreeSet<PortRange> {
+    let mut out: Vec<PortRange> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.first as u32 <= last.last as u32 + 1 => {
+                last.last = last.last.max(r.last)
+            }
+            _ => out.push(r),
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn remote_families(remote: &Remote) -> Vec<Family> {
+    match remote {
+        Remote::Peer(Peer::IpBlock(block)) => vec![block_family(block)],
+        _ => Family::BOTH.to_vec(),
+    }
+}
+
+fn block_family(block: &IpBlock) -> Family {
+    match block.cidr {
+        ipnet::IpNet::V4(_) => Family::V4,
+        ipnet::IpNet::V6(_) => Family::V6,
+    }
+}
+
+/// Identity text of a peer; equal peers (selectors normalised) give equal text.
+fn peer_identity(peer: &Peer) -> String {
+    match peer {
+        Peer::Pods {
+            namespaces: NamespaceSel::Own(ns),
+            pods,
+        } => format!("pods|ns={ns}|{pods}"),
+        Peer::Pods {
+            namespaces: NamespaceSel::Matching(n),
+            pods,
+        } => format!("pods|nsel={n}|{pods}"),
+        Peer::IpBlock(block) => format!("cidr|{}", block_comment(block)),
+    }
+}
+
+/// `pods app=db in namespace shop`, `all pods in namespaces team=a`, `all pods in all namespaces`.
+fn peer_comment(namespaces: &NamespaceSel, pods: &crate::model::Selector) -> String {
+    let pods = if pods.is_everything() {
+        "all pods".to_string()
+    } else {
+        format!("pods {pods}")
+    };
+    match namespaces {
+        NamespaceSel::Own(ns) => format!("{pods} in namespace {ns}"),
+        NamespaceSel::Matching(s) if s.is_everything() => format!("{pods} in all namespaces"),
+        NamespaceSel::Matching(s) => format!("{pods} in namespaces {s}"),
+    }
+}
+
+fn block_hint(block: &IpBlock) -> String {
+    let mut hint = block.cidr.to_string();
+    if !block.except.is_empty() {
+        hint.push_str(&format!(".x{}", block.except.len()));
+    }
+    hint
+}
+
+fn block_comment(block: &IpBlock) -> String {
+    if block.except.is_empty() {
+        return block.cidr.to_string();
+    }
+    let except: Vec<String> = block.except.iter().map(|e| e.to_string()).collect();
+    format!("{} except {}", block.cidr, except.join(","))
+}

@@ -1,0 +1,5 @@
+//! Ways out of a [`Ruleset`](crate::ruleset::Ruleset) value.
+//!
+//! - [`text`]: canonical nft syntax, for golden files, the `render` command and people.
+
+pub mod text;
