@@ -121,6 +121,24 @@ pub(super) fn pod(pod: &core::Pod, diags: &mut Vec<Diagnostic>) -> Pod {
                 );
                 continue;
             };
+            // Names are unique per pod by the API reference, but the API server checks only
+            // within a container: the first declaration in spec order wins, as in
+            // kube-network-policies.
+            let earlier = named_ports
+                .iter()
+                .find(|p: &&NamedPort| p.name == *name && p.protocol == protocol);
+            if let Some(first) = earlier {
+                report(
+                    format!("{field}.name"),
+                    format!(
+                        "port name {name:?} ({protocol}) is declared twice in the pod; \
+                         the first declaration ({}) is used",
+                        first.port
+                    ),
+                    Effect::PortIgnored,
+                );
+                continue;
+            }
             named_ports.push(NamedPort {
                 name: name.clone(),
                 protocol,
@@ -692,6 +710,11 @@ spec:
     - {name: dns, containerPort: 53, protocol: UDP}
     - {name: Bad_Name, containerPort: 81}
     - {containerPort: 82}
+  - name: sidecar
+    image: x
+    ports:
+    - {name: http, containerPort: 9000}
+    - {name: http, containerPort: 9001, protocol: UDP}
 status:
   phase: Running
   hostIP: 192.168.56.10
@@ -711,13 +734,26 @@ status:
                 "fd00::5".parse().expect("ip")
             ]
         );
-        assert_eq!(pod.resolve_port("http", Protocol::Tcp), Some(8080));
+        assert_eq!(
+            pod.resolve_port("http", Protocol::Tcp),
+            Some(8080),
+            "first declaration wins"
+        );
         assert_eq!(pod.resolve_port("dns", Protocol::Udp), Some(53));
         assert_eq!(pod.resolve_port("dns", Protocol::Tcp), None);
         let fields: Vec<_> = diags.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(
+            pod.resolve_port("http", Protocol::Udp),
+            Some(9001),
+            "same name, other protocol"
+        );
+        assert_eq!(
             fields,
-            vec!["status.podIPs[2].ip", "spec.containers[0].ports[2].name"]
+            vec![
+                "status.podIPs[2].ip",
+                "spec.containers[0].ports[2].name",
+                "spec.containers[1].ports[0].name"
+            ]
         );
         assert_eq!(
             cluster.node_ips("node-a").into_iter().collect::<Vec<_>>(),
