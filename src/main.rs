@@ -1,9 +1,10 @@
 //! The `kube-nftpol` command. Thin: parsing flags and wiring library calls.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use kube_nftpol::compile::compile;
@@ -39,22 +40,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Render {
             manifests,
             node_name,
         } => render(&manifests, &node_name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
-fn render(dir: &std::path::Path, node: &str) -> ExitCode {
-    let loaded = match manifests::load_dir(dir) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+fn render(dir: &Path, node: &str) -> anyhow::Result<()> {
+    let loaded = manifests::load_dir(dir)?;
     for p in &loaded.problems {
         eprintln!("warning: {p}");
     }
@@ -63,12 +65,8 @@ fn render(dir: &std::path::Path, node: &str) -> ExitCode {
     for d in diagnostics.iter().chain(&compiled.diagnostics) {
         eprintln!("warning: {d}");
     }
-    let mut stdout = std::io::stdout().lock();
-    if stdout
+    std::io::stdout()
+        .lock()
         .write_all(text::render(&compiled.ruleset).as_bytes())
-        .is_err()
-    {
-        return ExitCode::from(1);
-    }
-    ExitCode::SUCCESS
+        .context("writing the ruleset to stdout")
 }

@@ -23,8 +23,8 @@ pub use ipblock::{as_prefix, contains as ipblock_contains, ranges as ipblock_ran
 pub use names::{fnv1a64, NAME_BUDGET};
 
 use crate::model::{
-    Cluster, Diagnostic, Direction, Effect, IpBlock, Kind, Labels, NamespaceSel, ObjectRef, Peer,
-    Pod, Policy, PortRange, PortSel, Protocol,
+    Cluster, Diagnostic, Direction, Effect, IpBlock, Key, Kind, Labels, NamespaceSel, ObjectRef,
+    Peer, Pod, Policy, PortRange, PortSel, Protocol,
 };
 use crate::ruleset::{
     Action, AddrField, Chain, CtState, Element, Family, Hook, Map, Match, Origin, Rule, Ruleset,
@@ -59,8 +59,8 @@ pub fn compile(cluster: &Cluster, node: &str) -> Compiled {
     };
     let mut diagnostics = Vec::new();
 
-    let mut maps: BTreeMap<(Direction, Family), BTreeMap<IpAddr, String>> = BTreeMap::new();
-    let mut owner: BTreeMap<(Direction, IpAddr), (String, String)> = BTreeMap::new();
+    // Dispatch elements: address → (target chain, the pod that owns the address).
+    let mut maps: BTreeMap<(Direction, Family), BTreeMap<IpAddr, (String, Key)>> = BTreeMap::new();
     let mut self_pairs: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
 
     let local = cluster
@@ -85,9 +85,10 @@ pub fn compile(cluster: &Cluster, node: &str) -> Compiled {
             for ip in &pod.ips {
                 let entry = maps.entry((direction, Family::of(ip))).or_default();
                 match entry.get(ip) {
-                    Some(existing) if *existing != chain => {
-                        // Two live pods claim one address (stale state). The first keeps it.
-                        let (ns, name) = &owner[&(direction, *ip)];
+                    Some((existing, (ns, name))) if *existing != chain => {
+                        // Two live pods claim one address (stale state): the first, in name
+                        // order, keeps it; isolation always wins over no isolation because a
+                        // pod without policies never takes an element.
                         diagnostics.push(Diagnostic {
                             object: ObjectRef {
                                 kind: Kind::Pod,
@@ -95,14 +96,16 @@ pub fn compile(cluster: &Cluster, node: &str) -> Compiled {
                                 name: pod.name.clone(),
                             },
                             field: "status.podIPs".to_string(),
-                            message: format!("address {ip} is also claimed by pod {ns}/{name}, whose {direction} rules apply to it"),
+                            message: format!(
+                                "address {ip} is also claimed by pod {ns}/{name}, \
+                                 whose {direction} rules apply to it"
+                            ),
                             effect: Effect::AddressIgnored,
                         });
                     }
                     Some(_) => {}
                     None => {
-                        entry.insert(*ip, chain.clone());
-                        owner.insert((direction, *ip), pod.key());
+                        entry.insert(*ip, (chain.clone(), pod.key()));
                     }
                 }
             }
@@ -112,7 +115,12 @@ pub fn compile(cluster: &Cluster, node: &str) -> Compiled {
     let mut ruleset = Ruleset::default();
     for direction in Direction::BOTH {
         for family in Family::BOTH {
-            let elements = maps.remove(&(direction, family)).unwrap_or_default();
+            let elements = maps
+                .remove(&(direction, family))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(ip, (chain, _))| (ip, chain))
+                .collect();
             ruleset
                 .maps
                 .insert(dispatch_map(direction, family), Map { family, elements });
@@ -786,3 +794,6 @@ fn block_comment(block: &IpBlock) -> String {
     let except: Vec<String> = block.except.iter().map(|e| e.to_string()).collect();
     format!("{} except {}", block.cidr, except.join(","))
 }
+
+#[cfg(test)]
+mod tests;
