@@ -1,0 +1,1 @@
+//! Real-traffic tests: see integration/README.md.
