@@ -7,6 +7,7 @@
 //! and family; target chains with one `return` per allowing (policy rule × peer × port group)
 //! and a final `drop`; named sets of peer addresses shared between chains.
 
+pub mod diff;
 pub mod eval;
 
 use std::collections::{BTreeMap, BTreeSet};
