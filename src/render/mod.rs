@@ -2,4 +2,5 @@
 //!
 //! - [`text`]: canonical nft syntax, for golden files, the `render` command and people.
 
+pub mod netlink;
 pub mod text;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod netns;
 pub mod oracle;
 
 /// Transport protocol of a probe.
