@@ -22,6 +22,7 @@
 //! the reasons for it in `rules/README.md`.
 
 pub mod compile;
+pub mod daemon;
 pub mod dataplane;
 pub mod explain;
 pub mod model;

@@ -32,7 +32,7 @@ pub type Key = (String, String);
 /// A Kubernetes object the model accepts, as the sources deliver it.
 // Objects are transient (converted on arrival, never stored), so their size does not matter.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(core::Namespace),
     Pod(core::Pod),

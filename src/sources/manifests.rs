@@ -44,6 +44,9 @@ pub struct Problem {
     /// `Kind namespace/name` when the document got that far.
     pub object: Option<String>,
     pub message: String,
+    /// The document could not be read, so what it held is unknown (as opposed to a document
+    /// that was read and is deliberately ignored, like a Deployment).
+    pub fatal: bool,
 }
 
 impl fmt::Display for Problem {
@@ -94,7 +97,13 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
             Ok(text) => parse_file(&file, &text),
             Err(e) => (
                 vec![],
-                vec![problem(&file, None, None, format!("cannot read: {e}"))],
+                vec![problem(
+                    &file,
+                    None,
+                    None,
+                    format!("cannot read: {e}"),
+                    true,
+                )],
             ),
         };
         loaded.problems.extend(problems);
@@ -109,6 +118,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
                         "also defined in {}; this later definition wins",
                         first.display()
                     ),
+                    false,
                 ));
             }
             loaded.objects.push(object);
@@ -122,12 +132,14 @@ fn problem(
     document: Option<usize>,
     object: Option<String>,
     message: String,
+    fatal: bool,
 ) -> Problem {
     Problem {
         file: file.to_path_buf(),
         document,
         object,
         message,
+        fatal,
     }
 }
 
@@ -155,18 +167,21 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Object>, Vec<Problem>) {
     for (i, doc) in documents.into_iter().enumerate() {
         let number = Some(i + 1);
         match doc {
-            Err(message) => problems.push(problem(file, number, None, message)),
+            Err(message) => problems.push(problem(file, number, None, message, true)),
             Ok(Value::Null) => {}
             Ok(value) => read_value(value, &mut |result| match result {
                 Ok(object) => objects.push(object),
-                Err((object, message)) => problems.push(problem(file, number, object, message)),
+                Err((object, message, fatal)) => {
+                    problems.push(problem(file, number, object, message, fatal))
+                }
             }),
         }
     }
     (objects, problems)
 }
 
-type Outcome = Result<Object, (Option<String>, String)>;
+/// An object, or (who, what is wrong, whether the document was unreadable).
+type Outcome = Result<Object, (Option<String>, String, bool)>;
 
 fn read_value(value: Value, out: &mut dyn FnMut(Outcome)) {
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
@@ -187,7 +202,7 @@ fn read_value(value: Value, out: &mut dyn FnMut(Outcome)) {
     match (kind.as_deref(), api_version.as_deref()) {
         (Some("List"), _) => match value.get("items").and_then(Value::as_sequence) {
             Some(items) => items.iter().for_each(|item| read_value(item.clone(), out)),
-            None => out(Err((None, "List without items".to_string()))),
+            None => out(Err((None, "List without items".to_string(), true))),
         },
         (Some("Namespace"), Some("v1")) => {
             out(typed::<core::Namespace>(value, who("Namespace", false)).map(Object::Namespace))
@@ -207,13 +222,16 @@ fn read_value(value: Value, out: &mut dyn FnMut(Outcome)) {
                 v.unwrap_or(""),
                 expected_version(k)
             ),
+            // A policy whose apiVersion gained a typo must not silently disappear.
+            true,
         ))),
         (Some(k), _) => out(Err((
             Some(format!("{k} {name}")),
             "kind not read by kube-nftpol (only Namespace, Pod, NetworkPolicy and List); ignored"
                 .to_string(),
+            false,
         ))),
-        (None, _) => out(Err((None, "document has no kind".to_string()))),
+        (None, _) => out(Err((None, "document has no kind".to_string(), true))),
     }
 }
 
@@ -225,18 +243,19 @@ fn expected_version(kind: &str) -> &'static str {
 }
 
 /// Deserialises with the path of the failing field in the error.
-fn typed<T: DeserializeOwned>(value: Value, who: String) -> Result<T, (Option<String>, String)> {
+fn typed<T: DeserializeOwned>(
+    value: Value,
+    who: String,
+) -> Result<T, (Option<String>, String, bool)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        (
-            Some(who),
-            if path == "." {
-                inner.to_string()
-            } else {
-                format!("{path}: {inner}")
-            },
-        )
+        let message = if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        (Some(who), message, true)
     })
 }
 

@@ -4,3 +4,4 @@
 //! [`Object`]: crate::model::Object
 
 pub mod manifests;
+pub mod watch;
