@@ -160,8 +160,7 @@ impl Node {
     fn last_sync_line(&self) -> String {
         self.log()
             .lines()
-            .filter(|l| l.contains("sync committed"))
-            .last()
+            .rfind(|l| l.contains("sync committed"))
             .unwrap_or_default()
             .to_string()
     }

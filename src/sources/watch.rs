@@ -18,7 +18,8 @@ use crate::model::{Object, ObjectRef};
 /// A change to the cluster state the directory describes.
 #[derive(Clone, Debug)]
 pub enum Change {
-    Apply(Object),
+    /// Boxed: objects are large and travel through a channel.
+    Apply(Box<Object>),
     Delete(ObjectRef),
 }
 
@@ -154,7 +155,8 @@ impl Watcher {
         }
         for (id, object) in &merged {
             if self.reported.get(id) != Some(*object) {
-                scan.changes.push(Change::Apply((*object).clone()));
+                scan.changes
+                    .push(Change::Apply(Box::new((*object).clone())));
             }
         }
         for id in self.reported.keys() {
