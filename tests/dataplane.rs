@@ -52,10 +52,8 @@ fn a_rejected_transaction_leaves_the_previous_rules_and_the_next_sync_replaces_e
     let (want_a, want_c) = (reference(&a), reference(&c));
     in_private_netns(move |ns| {
         let mut dp = Dataplane::new().expect("netlink");
-        dp.apply(&a).expect("first sync");
-        let err = dp
-            .apply(&bad)
-            .expect_err("the kernel refuses the long name");
+        dp.apply(a.clone()).expect("first sync");
+        let err = dp.apply(bad).expect_err("the kernel refuses the long name");
         match &err {
             Error::Rejected { operation, .. } => {
                 assert!(operation.starts_with("add chain xxx"), "{err}")
@@ -67,7 +65,7 @@ fn a_rejected_transaction_leaves_the_previous_rules_and_the_next_sync_replaces_e
             want_a,
             "the previous ruleset is intact"
         );
-        let next = dp.apply(&c).expect("next sync");
+        let next = dp.apply(c).expect("next sync");
         assert_eq!(
             next.kind,
             SyncKind::Full,
@@ -110,7 +108,7 @@ fn drift_is_detected_and_repaired_by_a_full_replace() {
     ];
     in_private_netns(move |ns| {
         let mut dp = Dataplane::new().expect("netlink");
-        dp.apply(&a).expect("first sync");
+        dp.apply(a.clone()).expect("first sync");
         assert_eq!(
             dp.check_drift().expect("list"),
             None,
@@ -120,7 +118,7 @@ fn drift_is_detected_and_repaired_by_a_full_replace() {
             nft(ns, &[command.as_str()], None);
             let drift = dp.check_drift().expect("list");
             assert!(drift.is_some(), "{what}: drift not detected");
-            let repaired = dp.apply(&a).expect("repair");
+            let repaired = dp.apply(a.clone()).expect("repair");
             assert_eq!(
                 repaired.kind,
                 SyncKind::Full,
@@ -173,7 +171,7 @@ fn cleanup_deletes_our_table_and_nothing_else() {
     let a = scenario("003-deny-all-ingress-namespace");
     in_private_netns(move |ns| {
         nft(ns, &["add table inet flannel; add chain inet flannel pass { type filter hook forward priority 0; }"], None);
-        Dataplane::new().expect("netlink").apply(&a).expect("sync");
+        Dataplane::new().expect("netlink").apply(a).expect("sync");
         assert!(cleanup().expect("cleanup"), "our table existed");
         assert_eq!(
             nft(ns, &["list", "tables"], None).trim(),

@@ -85,7 +85,9 @@ fn netlink_and_nft_build_the_same_table_for_every_scenario() {
             for (_, rs) in &rulesets {
                 // A fresh dataplane per scenario: the first sync is a full replace.
                 let mut dp = Dataplane::new().expect("netlink socket");
-                let applied = dp.apply(rs).unwrap_or_else(|e| panic!("apply: {e}"));
+                let applied = dp
+                    .apply(rs.clone())
+                    .unwrap_or_else(|e| panic!("apply: {e}"));
                 out.push((normalised_listing(ns), applied.kind));
             }
             out
@@ -130,7 +132,7 @@ fn incremental_transactions_reach_the_same_table_as_nft() {
             let mut out = Vec::new();
             for (name, rs) in &rulesets {
                 let applied = dp
-                    .apply(rs)
+                    .apply(rs.clone())
                     .unwrap_or_else(|e| panic!("{name}: apply: {e}"));
                 out.push((normalised_listing(ns), applied.kind));
                 assert_eq!(

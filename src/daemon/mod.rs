@@ -29,7 +29,6 @@ use crate::compile::{compile, fnv1a64};
 use crate::dataplane::{probe, Dataplane};
 use crate::model::Cluster;
 use crate::render::text;
-use crate::ruleset::Ruleset;
 use crate::sources::watch::{Change, Watcher};
 
 /// How often the manifests directory is scanned.
@@ -310,7 +309,12 @@ impl StateLoop {
             warn!(object = %d.object, field = %d.field, "{d}");
         }
         let compile_time = started.elapsed();
-        match self.dataplane.apply(&compiled.ruleset) {
+        let fingerprint = self
+            .config
+            .status_file
+            .as_ref()
+            .map(|_| fnv1a64(text::render(&compiled.ruleset).as_bytes()));
+        match self.dataplane.apply(compiled.ruleset) {
             Ok(applied) => {
                 self.retry = None;
                 let s = applied.summary;
@@ -330,7 +334,9 @@ impl StateLoop {
                     rules_added = s.rules_added,
                     "sync committed"
                 );
-                self.write_status(&compiled.ruleset);
+                if let Some(f) = fingerprint {
+                    self.write_status(f);
+                }
             }
             Err(e) => {
                 let backoff = self.retry.map_or(Duration::from_millis(500), |(_, b)| {
@@ -357,12 +363,11 @@ impl StateLoop {
         }
     }
 
-    fn write_status(&self, ruleset: &Ruleset) {
+    fn write_status(&self, fingerprint: u64) {
         let Some(path) = &self.config.status_file else {
             return;
         };
-        let line = format!("{:016x}\n", fnv1a64(text::render(ruleset).as_bytes()));
-        if let Err(e) = write_atomically(path, &line) {
+        if let Err(e) = write_atomically(path, &format!("{fingerprint:016x}\n")) {
             warn!(file = %path.display(), "cannot write the status file: {e}");
         }
     }

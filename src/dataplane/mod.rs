@@ -63,16 +63,16 @@ impl Dataplane {
         })
     }
 
-    /// Makes the kernel hold `desired`.
-    pub fn apply(&mut self, desired: &Ruleset) -> Result<Applied, Error> {
+    /// Makes the kernel hold `desired` (kept as the new reference for the next diff).
+    pub fn apply(&mut self, desired: Ruleset) -> Result<Applied, Error> {
         let start = Instant::now();
         let (ops, kind, reason): (Vec<Op>, SyncKind, Option<String>) = match &self.committed {
             None => (
-                full(desired),
+                full(&desired),
                 SyncKind::Full,
                 Some(self.full_reason.clone()),
             ),
-            Some(old) => match incremental(old, desired) {
+            Some(old) => match incremental(old, &desired) {
                 Ok(ops) if ops.is_empty() => {
                     return Ok(Applied {
                         kind: SyncKind::Unchanged,
@@ -83,13 +83,13 @@ impl Dataplane {
                     })
                 }
                 Ok(ops) => (ops, SyncKind::Incremental, None),
-                Err(NeedsFull(why)) => (full(desired), SyncKind::Full, Some(why)),
+                Err(NeedsFull(why)) => (full(&desired), SyncKind::Full, Some(why)),
             },
         };
         let summary = Summary::of(&ops);
         match self.netlink.commit(&ops) {
             Ok(sent) => {
-                self.committed = Some(desired.clone());
+                self.committed = Some(desired);
                 Ok(Applied {
                     kind,
                     reason,
@@ -106,6 +106,11 @@ impl Dataplane {
                 Err(e)
             }
         }
+    }
+
+    /// What was last committed, if the kernel is known to hold it.
+    pub fn committed(&self) -> Option<&Ruleset> {
+        self.committed.as_ref()
     }
 
     /// Forces the next sync to replace the whole table (SIGHUP, drift).

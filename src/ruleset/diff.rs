@@ -266,16 +266,24 @@ pub fn incremental(old: &Ruleset, desired: &Ruleset) -> Result<Vec<Op>, NeedsFul
             family: map.family,
         });
     }
-    // 2. Elements joining existing sets.
-    for (name, set) in &desired.sets {
-        if let Some(o) = old.sets.get(name) {
-            let added: Vec<Element> = set.elements.difference(&o.elements).copied().collect();
-            if !added.is_empty() {
-                ops.push(Op::AddElements {
-                    set: name.clone(),
-                    elements: added,
-                });
-            }
+    // 2. Elements joining existing sets. Most sets are unchanged in any one sync: find the
+    // changed ones with one equality pass, and work out their differences once.
+    let changed: Vec<(&String, Vec<Element>, Vec<Element>)> = desired
+        .sets
+        .iter()
+        .filter_map(|(name, set)| {
+            let o = old.sets.get(name).filter(|o| o.elements != set.elements)?;
+            let added = set.elements.difference(&o.elements).copied().collect();
+            let gone = o.elements.difference(&set.elements).copied().collect();
+            Some((name, added, gone))
+        })
+        .collect();
+    for (name, added, _) in &changed {
+        if !added.is_empty() {
+            ops.push(Op::AddElements {
+                set: (*name).clone(),
+                elements: added.clone(),
+            });
         }
     }
     // 3. Rules: chains whose rules changed are flushed and refilled; new chains filled.
@@ -294,6 +302,9 @@ pub fn incremental(old: &Ruleset, desired: &Ruleset) -> Result<Vec<Op>, NeedsFul
     for (name, map) in &desired.maps {
         let empty = BTreeMap::new();
         let before = old.maps.get(name).map_or(&empty, |m| &m.elements);
+        if *before == map.elements {
+            continue;
+        }
         let gone: Vec<IpAddr> = before
             .iter()
             .filter(|(k, v)| map.elements.get(*k) != Some(*v))
@@ -341,15 +352,12 @@ pub fn incremental(old: &Ruleset, desired: &Ruleset) -> Result<Vec<Op>, NeedsFul
         ops.push(Op::DeleteChain { name: name.clone() });
     }
     // 6. Elements leaving sets, and sets no rule refers to any more.
-    for (name, set) in &desired.sets {
-        if let Some(o) = old.sets.get(name) {
-            let gone: Vec<Element> = o.elements.difference(&set.elements).copied().collect();
-            if !gone.is_empty() {
-                ops.push(Op::DeleteElements {
-                    set: name.clone(),
-                    elements: gone,
-                });
-            }
+    for (name, _, gone) in changed {
+        if !gone.is_empty() {
+            ops.push(Op::DeleteElements {
+                set: name.clone(),
+                elements: gone,
+            });
         }
     }
     for name in old.sets.keys().filter(|n| !desired.sets.contains_key(*n)) {
