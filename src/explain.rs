@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::compile::compile;
+use crate::compile::{compile_with, Options};
 use crate::model::{Cluster, Diagnostic, Protocol};
 use crate::ruleset::eval::{eval, Decision, Packet};
 use crate::ruleset::{Hook, Ruleset};
@@ -51,10 +51,15 @@ pub struct NodeRulesets {
 impl NodeRulesets {
     /// Compiles the ruleset of every node some pod is bound to.
     pub fn compile(cluster: &Cluster) -> Self {
+        NodeRulesets::compile_with(cluster, Options::default())
+    }
+
+    /// The same, in the shape for a kernel with the given abilities.
+    pub fn compile_with(cluster: &Cluster, options: Options) -> Self {
         let mut rulesets = BTreeMap::new();
         let mut diagnostics = Vec::new();
         for node in cluster.node_names() {
-            let compiled = compile(cluster, node);
+            let compiled = compile_with(cluster, node, options);
             diagnostics.extend(compiled.diagnostics);
             rulesets.insert(node.to_string(), compiled.ruleset);
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use kube_nftpol::compile::compile;
+use kube_nftpol::compile::{compile_with, Options};
 use kube_nftpol::daemon;
 use kube_nftpol::model::Cluster;
 use kube_nftpol::render::text;
@@ -72,6 +72,11 @@ enum Command {
         /// The node to compile for: its pods are the policy targets.
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: String,
+        /// Print the shape kernels with intervals in concatenations (Linux 5.6+) get: the
+        /// protocols and ports of a rule in one `meta l4proto . th dport { ... }` lookup.
+        /// `run` uses it when its start-up probe finds the feature, and logs which shape.
+        #[arg(long)]
+        concat_ports: bool,
     },
 }
 
@@ -87,7 +92,8 @@ fn main() -> ExitCode {
         Command::Render {
             manifests,
             node_name,
-        } => exit(render(&manifests, &node_name), 2),
+            concat_ports,
+        } => exit(render(&manifests, &node_name, Options { concat_ports }), 2),
         Command::Run {
             node_name,
             manifests,
@@ -188,13 +194,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-fn render(dir: &Path, node: &str) -> anyhow::Result<()> {
+fn render(dir: &Path, node: &str, options: Options) -> anyhow::Result<()> {
     let loaded = manifests::load_dir(dir)?;
     for p in &loaded.problems {
         eprintln!("warning: {p}");
     }
     let (cluster, diagnostics) = Cluster::from_objects(loaded.objects);
-    let compiled = compile(&cluster, node);
+    let compiled = compile_with(&cluster, node, options);
     for d in diagnostics.iter().chain(&compiled.diagnostics) {
         eprintln!("warning: {d}");
     }

@@ -10,7 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kube_nftpol::compile::{compile, fnv1a64};
+use kube_nftpol::compile::{compile_with, fnv1a64, Options};
+use kube_nftpol::dataplane::probe;
 use kube_nftpol::model::Cluster;
 use kube_nftpol::render::text;
 use kube_nftpol::sources::manifests;
@@ -115,7 +116,10 @@ impl Node {
         let (cluster, _) = Cluster::from_objects(loaded.objects);
         format!(
             "{:016x}",
-            fnv1a64(text::render(&compile(&cluster, "node-a").ruleset).as_bytes())
+            fnv1a64(
+                text::render(&compile_with(&cluster, "node-a", kernel_options()).ruleset)
+                    .as_bytes()
+            )
         )
     }
 
@@ -150,7 +154,7 @@ impl Node {
     fn reference(&self) -> String {
         let loaded = manifests::load_dir(&self.dir).expect("manifests");
         let (cluster, _) = Cluster::from_objects(loaded.objects);
-        let script = text::render(&compile(&cluster, "node-a").ruleset);
+        let script = text::render(&compile_with(&cluster, "node-a", kernel_options()).ruleset);
         in_private_netns(move |ns| {
             nft(ns, &["-f", "-"], Some(&script));
             normalised_listing(ns)
@@ -190,6 +194,13 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The ruleset shape the daemon picks on this kernel (its start-up probe, run once).
+fn kernel_options() -> Options {
+    static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
+    *OPTIONS
+        .get_or_init(|| in_private_netns(|_| probe::probe().expect("the kernel probe").options()))
 }
 
 const EXTRA_BACKEND: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: backend-2, namespace: shop, labels: {app: backend}}\n\

@@ -13,8 +13,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use kube_nftpol::compile::compile;
-use kube_nftpol::dataplane::{Dataplane, SyncKind};
+use kube_nftpol::compile::{compile_with, Options};
+use kube_nftpol::dataplane::{probe, Dataplane, SyncKind};
 use kube_nftpol::model::Cluster;
 use kube_nftpol::render::text;
 use kube_nftpol::ruleset::Ruleset;
@@ -31,11 +31,15 @@ fn scenarios() -> Vec<PathBuf> {
     dirs
 }
 
-fn ruleset(dir: &Path) -> Ruleset {
+fn ruleset_with(dir: &Path, options: Options) -> Ruleset {
     let node = std::fs::read_to_string(dir.join("node")).expect("node file");
     let loaded = manifests::load_dir(&dir.join("input")).expect("manifests");
     let (cluster, _) = Cluster::from_objects(loaded.objects);
-    compile(&cluster, node.trim()).ruleset
+    compile_with(&cluster, node.trim(), options).ruleset
+}
+
+fn ruleset(dir: &Path) -> Ruleset {
+    ruleset_with(dir, Options::default())
 }
 
 /// What `nft -f` makes of the text render, listed.
@@ -68,15 +72,21 @@ fn line_diff(a: &str, b: &str) -> String {
 fn netlink_and_nft_build_the_same_table_for_every_scenario() {
     assert_root();
     let dirs = scenarios();
-    let rulesets: Vec<(String, Ruleset)> = dirs
-        .iter()
-        .map(|d| {
-            (
-                d.file_name().expect("name").to_string_lossy().into_owned(),
-                ruleset(d),
-            )
-        })
-        .collect();
+    // Every scenario in the default shape, then again in the shape for kernels with
+    // intervals in concatenations (this kernel has them: the probe test says so), plus the
+    // probe's own samples.
+    let mut rulesets: Vec<(String, Ruleset)> = Vec::new();
+    for (tag, options) in [
+        ("", Options::default()),
+        (" (concat ports)", Options { concat_ports: true }),
+    ] {
+        for d in &dirs {
+            let name = d.file_name().expect("name").to_string_lossy().into_owned();
+            rulesets.push((format!("{name}{tag}"), ruleset_with(d, options)));
+        }
+    }
+    rulesets.push(("probe sample".into(), probe::sample()));
+    rulesets.push(("probe concat sample".into(), probe::concat_sample()));
     let expected: Vec<String> = rulesets.iter().map(|(_, rs)| listing_via_nft(rs)).collect();
     let actual: Vec<(String, SyncKind)> = {
         let rulesets = rulesets.clone();

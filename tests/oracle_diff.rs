@@ -13,8 +13,10 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use kube_nftpol::compile::Options;
 use kube_nftpol::explain::NodeRulesets;
 use kube_nftpol::model::{Cluster, Object, Protocol};
+use kube_nftpol::ruleset::Match;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use support::gen::{self, Generated, Probe};
@@ -85,7 +87,11 @@ impl Tally {
 fn check(g: &Generated, tally: &mut Tally) -> Option<Disagreement> {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         let (cluster, _diagnostics) = Cluster::from_objects(objects(&g.world));
-        let nodes = NodeRulesets::compile(&cluster);
+        // Every other cluster in the shape kernels with intervals in concatenations get.
+        let options = Options {
+            concat_ports: g.seed % 2 == 1,
+        };
+        let nodes = NodeRulesets::compile_with(&cluster, options);
         let oracle = Oracle::new(&g.world);
         let (mut allowed, mut denied) = (0, 0);
         for &(src, dst, proto, port) in &g.probes {
@@ -104,10 +110,23 @@ fn check(g: &Generated, tally: &mut Tally) -> Option<Disagreement> {
                 denied += 1;
             }
         }
-        Ok((allowed, denied))
+        let concat_rules = nodes
+            .rulesets
+            .values()
+            .flat_map(|rs| rs.chains.values())
+            .flat_map(|c| c.rules.iter())
+            .filter(|r| r.matches.iter().any(|m| matches!(m, Match::ProtoPorts(_))))
+            .count();
+        Ok((allowed, denied, concat_rules))
     }));
     match outcome {
-        Ok(Ok((allowed, denied))) => {
+        Ok(Ok((allowed, denied, concat_rules))) => {
+            if concat_rules > 0 {
+                *tally
+                    .features
+                    .entry("concatenated port match (compiled)")
+                    .or_default() += 1;
+            }
             tally.clusters += 1;
             tally.probes += allowed + denied;
             tally.allowed += allowed;
@@ -251,7 +270,11 @@ fn compiled_rulesets_agree_with_the_spec_oracle() {
     if count >= 1000 {
         // In 2000 clusters each feature shows up in at least 120 (about 6%); ask for 2%.
         let wanted = count / 50;
-        for what in gen::FEATURES {
+        for what in gen::FEATURES
+            .iter()
+            .copied()
+            .chain(["concatenated port match (compiled)"])
+        {
             let n = tally.features.get(what).copied().unwrap_or(0);
             assert!(
                 n >= wanted,

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kube_nftpol::compile::{compile, fnv1a64};
+use kube_nftpol::compile::{compile_with, fnv1a64};
 use kube_nftpol::model::Cluster as Model;
 use kube_nftpol::render::text;
 use kube_nftpol::sources::manifests;
@@ -77,6 +77,22 @@ pub fn kind() -> Kind {
 
 /// The nft text `kube-nftpol render --manifests dir --node-name node` prints, computed with
 /// the library. The harness writes only valid manifests: any problem is a harness bug.
+/// The ruleset shape `kube-nftpol run` picks on this kernel (its start-up probe, run once).
+pub fn kernel_options() -> kube_nftpol::compile::Options {
+    static OPTIONS: std::sync::OnceLock<kube_nftpol::compile::Options> = std::sync::OnceLock::new();
+    *OPTIONS.get_or_init(|| {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            kube_nftpol::dataplane::probe::probe()
+                .expect("the kernel probe")
+                .options()
+        })
+        .join()
+        .expect("probe thread")
+    })
+}
+
 pub fn expected_text(dir: &Path, node: &str) -> String {
     let loaded =
         manifests::load_dir(dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
@@ -86,7 +102,7 @@ pub fn expected_text(dir: &Path, node: &str) -> String {
         loaded.problems
     );
     let (model, diagnostics) = Model::from_objects(loaded.objects);
-    let compiled = compile(&model, node);
+    let compiled = compile_with(&model, node, kernel_options());
     let all: Vec<String> = diagnostics
         .iter()
         .chain(&compiled.diagnostics)

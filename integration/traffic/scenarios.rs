@@ -571,6 +571,57 @@ fn end_port_range() {
     env.check("tcp 8000-8010");
 }
 
+/// One rule whose protocols differ in their ports: on kernels with intervals in
+/// concatenations (this one) it is compiled into a single `meta l4proto . th dport { ... }`
+/// lookup, elsewhere into one rule per protocol group. Either way, exactly these pass.
+#[test]
+fn mixed_protocols_and_ranges_in_one_rule() {
+    let env = Scenario::new("mixed-ports")
+        .kinds(&[
+            (Tcp, 80),
+            (Tcp, 81),
+            (Udp, 80),
+            (Udp, 81),
+            (Tcp, 8003),
+            (Udp, 8003),
+            (Sctp, 81),
+            (Sctp, 80),
+        ])
+        .pod(pod("m/srv").labels(&[("app", "srv")]).dual_stack())
+        .pod(pod("m/cli").on(1).dual_stack())
+        .pod(pod("m/near").dual_stack())
+        .policy(&yaml(
+            "
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: mixed, namespace: m}
+            spec:
+              podSelector: {matchLabels: {app: srv}}
+              ingress:
+              - ports:
+                - {port: 80}
+                - {port: 81, protocol: UDP}
+                - {port: 8000, endPort: 8010, protocol: TCP}
+                - {port: 81, protocol: SCTP}
+            ",
+        ))
+        .start();
+    env.expect(
+        "spot",
+        &[
+            allow("m/cli", "m/srv", Tcp, 80),
+            deny("m/cli", "m/srv", Tcp, 81),
+            deny("m/cli", "m/srv", Udp, 80),
+            allow("m/cli", "m/srv", Udp, 81),
+            allow("m/near", "m/srv", Tcp, 8003),
+            deny("m/near", "m/srv", Udp, 8003),
+            allow("m/near", "m/srv", Sctp, 81),
+            deny("m/near", "m/srv", Sctp, 80),
+        ],
+    );
+    env.check("mixed protocols and ranges");
+}
+
 #[test]
 fn udp_only_rule() {
     let env = Scenario::new("udp-only")

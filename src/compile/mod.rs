@@ -48,11 +48,27 @@ pub fn self_set(family: Family) -> String {
     format!("self-{}", family.suffix())
 }
 
-/// Compiles the ruleset of `node`.
+/// Choices of ruleset shape that depend on the kernel (see the kernel probe).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Kernels with intervals in concatenations (Linux 5.6) match all protocols and ports of
+    /// a rule in one lookup, `meta l4proto . th dport { tcp . 80, udp . 8000-9000 }`, where
+    /// older ones need one rule per group of protocols sharing their ports. Only rules whose
+    /// protocols differ in their ports change; off, the ruleset runs on Linux 4.18.
+    pub concat_ports: bool,
+}
+
+/// Compiles the ruleset of `node` in the shape every supported kernel accepts.
 pub fn compile(cluster: &Cluster, node: &str) -> Compiled {
+    compile_with(cluster, node, Options::default())
+}
+
+/// Compiles the ruleset of `node` for a kernel with the given abilities.
+pub fn compile_with(cluster: &Cluster, node: &str, options: Options) -> Compiled {
     let index = Index::new(cluster);
     let mut b = Builder {
         index: &index,
+        options,
         namer: Namer::default(),
         chains: BTreeMap::new(),
         sets: BTreeMap::new(),
@@ -351,6 +367,7 @@ enum ProtoPorts {
 
 struct Builder<'i, 'c> {
     index: &'i Index<'c>,
+    options: Options,
     namer: Namer,
     chains: BTreeMap<String, Vec<Rule>>,
     sets: BTreeMap<String, SetSpec>,
@@ -415,7 +432,7 @@ impl Builder<'_, '_> {
                     rule: rule.index,
                 };
                 let PortMatch { numeric, named } =
-                    port_match(direction, rule.ports.as_deref(), resolved);
+                    port_match(direction, rule.ports.as_deref(), resolved, self.options);
                 let remotes: Vec<Remote> = match &rule.peers {
                     None => vec![Remote::Any],
                     Some(peers) => peers.iter().cloned().map(Remote::Peer).collect(),
@@ -660,6 +677,7 @@ fn port_match(
     direction: Direction,
     ports: Option<&[crate::model::PortSpec]>,
     resolved: &BTreeMap<(String, Protocol), Option<u16>>,
+    options: Options,
 ) -> PortMatch {
     let Some(ports) = ports else {
         return PortMatch {
@@ -705,6 +723,21 @@ fn port_match(
             all => all,
         };
         groups.entry(ports).or_default().insert(proto);
+    }
+    if options.concat_ports && groups.len() > 1 {
+        let pairs = groups
+            .iter()
+            .flat_map(|(ports, protos)| {
+                protos.iter().flat_map(move |p| match ports {
+                    ProtoPorts::All => vec![(*p, PortRange::ALL)],
+                    ProtoPorts::Ranges(r) => r.iter().map(|r| (*p, *r)).collect(),
+                })
+            })
+            .collect();
+        return PortMatch {
+            numeric: Some(vec![vec![Match::ProtoPorts(pairs)]]),
+            named,
+        };
     }
     let numeric: Vec<Vec<Match>> = groups
         .into_iter()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::compile::{compile, fnv1a64};
+use crate::compile::{compile_with, fnv1a64, Options};
 use crate::dataplane::{probe, Dataplane};
 use crate::model::Cluster;
 use crate::render::text;
@@ -106,6 +106,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     }
     let features = probe::probe().map_err(Error::Kernel)?;
+    match &features.concat_intervals_refused {
+        None => info!("kernel probe: intervals in concatenations available; port matches use one lookup per rule"),
+        Some(why) => info!(refused = %why, "kernel probe: no intervals in concatenations; port matches use one rule per protocol group"),
+    }
     info!(
         ruleset = features.ruleset,
         "kernel probe: every object and rule shape of the ruleset is accepted"
@@ -116,7 +120,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     spawn_signals(tx.clone())?;
     spawn_manifests(config.manifests.clone(), tx);
     info!(node = %config.node_name, manifests = %config.manifests.display(), "started; waiting for the initial state");
-    StateLoop::new(config, dataplane).run(rx);
+    StateLoop::new(config, dataplane, features.options()).run(rx);
     Ok(())
 }
 
@@ -187,6 +191,7 @@ fn spawn_manifests(dir: PathBuf, tx: Sender<Event>) {
 
 struct StateLoop {
     config: Config,
+    options: Options,
     dataplane: Dataplane,
     cluster: Cluster,
     ready: bool,
@@ -196,10 +201,11 @@ struct StateLoop {
 }
 
 impl StateLoop {
-    fn new(config: Config, dataplane: Dataplane) -> Self {
+    fn new(config: Config, dataplane: Dataplane, options: Options) -> Self {
         let next_drift_check = Instant::now() + config.drift_check_interval;
         StateLoop {
             config,
+            options,
             dataplane,
             cluster: Cluster::default(),
             ready: false,
@@ -304,7 +310,7 @@ impl StateLoop {
             return;
         };
         let started = Instant::now();
-        let compiled = compile(&self.cluster, &self.config.node_name);
+        let compiled = compile_with(&self.cluster, &self.config.node_name, self.options);
         for d in &compiled.diagnostics {
             warn!(object = %d.object, field = %d.field, "{d}");
         }

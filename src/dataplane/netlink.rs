@@ -793,6 +793,10 @@ impl SetObj {
         if let Some(size) = def.size {
             self.u32(sys::NFTNL_SET_DESC_SIZE, size);
         }
+        if !def.concat_fields.is_empty() {
+            // libnftnl takes the field lengths as bytes and emits NFTA_SET_DESC_CONCAT.
+            self.data(sys::NFTNL_SET_DESC_CONCAT, &def.concat_fields);
+        }
         if !def.userdata.is_empty() {
             self.data(sys::NFTNL_SET_USERDATA, &def.userdata);
         }
@@ -812,6 +816,14 @@ impl SetObj {
                     e.key.as_ptr().cast(),
                     e.key.len() as u32,
                 );
+                if let Some(end) = &e.key_end {
+                    sys::nftnl_set_elem_set(
+                        p,
+                        sys::NFTNL_SET_ELEM_KEY_END as u16,
+                        end.as_ptr().cast(),
+                        end.len() as u32,
+                    );
+                }
                 if e.flags != 0 {
                     sys::nftnl_set_elem_set_u32(p, sys::NFTNL_SET_ELEM_FLAGS as u16, e.flags);
                 }
@@ -856,6 +868,7 @@ fn expr(e: &Expr, set_ids: &[u32]) -> NonNull<sys::nftnl_expr> {
         Expr::Lookup { .. } => c"lookup",
         Expr::Ct { .. } => c"ct",
         Expr::Bitwise { .. } => c"bitwise",
+        Expr::Byteorder { .. } => c"byteorder",
         Expr::Counter => c"counter",
         Expr::Immediate { .. } => c"immediate",
     };
@@ -928,6 +941,19 @@ fn expr(e: &Expr, set_ids: &[u32]) -> NonNull<sys::nftnl_expr> {
             u32_(sys::NFTNL_EXPR_BITWISE_LEN, *len);
             data(sys::NFTNL_EXPR_BITWISE_MASK, mask);
             data(sys::NFTNL_EXPR_BITWISE_XOR, xor);
+        }
+        Expr::Byteorder {
+            sreg,
+            dreg,
+            op,
+            len,
+            size,
+        } => {
+            u32_(sys::NFTNL_EXPR_BYTEORDER_SREG, *sreg);
+            u32_(sys::NFTNL_EXPR_BYTEORDER_DREG, *dreg);
+            u32_(sys::NFTNL_EXPR_BYTEORDER_OP, *op);
+            u32_(sys::NFTNL_EXPR_BYTEORDER_LEN, *len);
+            u32_(sys::NFTNL_EXPR_BYTEORDER_SIZE, *size);
         }
         Expr::Counter => {}
         Expr::Immediate { verdict } => {

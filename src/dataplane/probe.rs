@@ -24,6 +24,49 @@ pub const PROBE_TABLE: &str = "kube-nftpol-probe";
 pub struct Features {
     /// Every object and rule shape of the ruleset was accepted.
     pub ruleset: bool,
+    /// Intervals inside concatenations (Linux 5.6): `meta l4proto . th dport { tcp . 80-90 }`.
+    /// Without them the compiler falls back to one rule per protocol group.
+    pub concat_intervals: bool,
+    /// Why `concat_intervals` is false, as the kernel said it.
+    pub concat_intervals_refused: Option<String>,
+}
+
+impl Features {
+    /// The ruleset shape for this kernel.
+    pub fn options(&self) -> crate::compile::Options {
+        crate::compile::Options {
+            concat_ports: self.concat_intervals,
+        }
+    }
+}
+
+/// A ruleset using intervals inside a concatenation, the one optional feature.
+pub fn concat_sample() -> Ruleset {
+    let mut rs = Ruleset::default();
+    let pairs = BTreeSet::from([
+        (Protocol::Tcp, PortRange::single(80)),
+        (
+            Protocol::Udp,
+            PortRange {
+                first: 8000,
+                last: 9000,
+            },
+        ),
+    ]);
+    let rule = Rule {
+        matches: vec![Match::ProtoPorts(pairs)],
+        counter: false,
+        action: Action::Return,
+        origin: None,
+    };
+    rs.chains.insert(
+        "target".into(),
+        Chain {
+            hook: None,
+            rules: vec![rule],
+        },
+    );
+    rs
 }
 
 /// A small ruleset with one of everything the compiler can emit.
@@ -182,9 +225,15 @@ pub fn sample() -> Ruleset {
     rs
 }
 
-/// Checks [`sample`] against the kernel without committing it.
+/// Checks [`sample`] (required) and [`concat_sample`] (optional) against the kernel without
+/// committing either.
 pub fn probe() -> Result<Features, Error> {
     let mut nl = Netlink::open_for(PROBE_TABLE)?;
     nl.check(&full(&sample()))?;
-    Ok(Features { ruleset: true })
+    let concat = nl.check(&full(&concat_sample()));
+    Ok(Features {
+        ruleset: true,
+        concat_intervals: concat.is_ok(),
+        concat_intervals_refused: concat.err().map(|e| e.to_string()),
+    })
 }

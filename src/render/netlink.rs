@@ -36,6 +36,9 @@ pub const NFT_SET_ANONYMOUS: u32 = 0x1;
 pub const NFT_SET_CONSTANT: u32 = 0x2;
 pub const NFT_SET_INTERVAL: u32 = 0x4;
 pub const NFT_SET_MAP: u32 = 0x8;
+/// Keys are concatenations whose fields may be ranges (Linux 5.6, the pipapo set type).
+pub const NFT_SET_CONCAT: u32 = 0x80;
+pub const NFT_BYTEORDER_HTON: u32 = 1;
 pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 pub const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 pub const NFPROTO_IPV4: u8 = 2;
@@ -112,6 +115,13 @@ pub enum Expr {
         mask: Vec<u8>,
         xor: Vec<u8>,
     },
+    Byteorder {
+        sreg: u32,
+        dreg: u32,
+        op: u32,
+        len: u32,
+        size: u32,
+    },
     Counter,
     Immediate {
         verdict: Verdict,
@@ -129,11 +139,15 @@ pub struct SetDef {
     pub userdata: Vec<u8>,
     /// Number of elements, declared for anonymous sets.
     pub size: Option<u32>,
+    /// Byte length of each field of a concatenation with intervals (empty otherwise).
+    pub concat_fields: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElemDef {
     pub key: Vec<u8>,
+    /// Last key of a range, in sets of concatenations with intervals.
+    pub key_end: Option<Vec<u8>>,
     pub flags: u32,
     pub verdict: Option<Verdict>,
     pub userdata: Option<Vec<u8>>,
@@ -256,6 +270,7 @@ pub fn set_def(set: &Set) -> SetDef {
         data: None,
         userdata,
         size: None,
+        concat_fields: vec![],
     }
 }
 
@@ -279,6 +294,7 @@ pub fn map_def(map: &Map) -> SetDef {
         data: Some((NFT_DATA_VERDICT, 0)),
         userdata,
         size: None,
+        concat_fields: vec![],
     }
 }
 
@@ -320,6 +336,7 @@ pub fn set_elements<'a>(
             .into_iter()
             .map(|e| ElemDef {
                 key: element_key(e),
+                key_end: None,
                 flags: 0,
                 verdict: None,
                 userdata: None,
@@ -342,6 +359,7 @@ fn intervals(ranges: &[(Vec<u8>, Vec<u8>)]) -> Vec<ElemDef> {
     let mut out = Vec::new();
     let elem = |key: Vec<u8>, end: bool| ElemDef {
         key,
+        key_end: None,
         flags: if end { NFT_SET_ELEM_INTERVAL_END } else { 0 },
         verdict: None,
         userdata: None,
@@ -393,6 +411,7 @@ pub fn map_elements(elements: &[(IpAddr, String)]) -> Vec<ElemDef> {
         .iter()
         .map(|(ip, chain)| ElemDef {
             key: addr_bytes(ip),
+            key_end: None,
             flags: 0,
             verdict: Some(Verdict::Jump(chain.clone())),
             userdata: None,
@@ -404,6 +423,7 @@ pub fn map_keys(keys: &[IpAddr]) -> Vec<ElemDef> {
     keys.iter()
         .map(|ip| ElemDef {
             key: addr_bytes(ip),
+            key_end: None,
             flags: 0,
             verdict: None,
             userdata: None,
@@ -430,6 +450,46 @@ fn anonymous(key_type: u32, key_len: u32, interval: bool, elements: Vec<ElemDef>
             data: None,
             userdata,
             size: Some(elements.len() as u32),
+            concat_fields: vec![],
+        },
+        elements,
+    }
+}
+
+/// `meta l4proto . th dport { tcp . 80, udp . 8000-9000 }` as nft builds it: the protocol byte
+/// and the port each in a 32-bit field, every element a range (`key` .. `key_end`).
+fn proto_port_set(pairs: &std::collections::BTreeSet<(Protocol, PortRange)>) -> AnonymousSet {
+    let key = |p: Protocol, port: u16| -> Vec<u8> {
+        let mut k = vec![p.number(), 0, 0, 0];
+        k.extend_from_slice(&port.to_be_bytes());
+        k.extend_from_slice(&[0, 0]);
+        k
+    };
+    let elements: Vec<ElemDef> = pairs
+        .iter()
+        .map(|(p, r)| ElemDef {
+            key: key(*p, r.first),
+            key_end: Some(key(*p, r.last)),
+            flags: 0,
+            verdict: None,
+            userdata: None,
+        })
+        .collect();
+    let mut userdata = Vec::new();
+    udata_tlv(
+        &mut userdata,
+        UDATA_SET_KEYBYTEORDER,
+        &BYTEORDER_INVALID.to_ne_bytes(),
+    );
+    AnonymousSet {
+        def: SetDef {
+            flags: NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL | NFT_SET_CONCAT,
+            key_type: (TYPE_INET_PROTOCOL << TYPE_BITS) | TYPE_INET_SERVICE,
+            key_len: 8,
+            data: None,
+            userdata,
+            size: Some(elements.len() as u32),
+            concat_fields: vec![1, 2],
         },
         elements,
     }
@@ -438,6 +498,7 @@ fn anonymous(key_type: u32, key_len: u32, interval: bool, elements: Vec<ElemDef>
 fn plain(key: Vec<u8>) -> ElemDef {
     ElemDef {
         key,
+        key_end: None,
         flags: 0,
         verdict: None,
         userdata: None,
@@ -594,6 +655,22 @@ impl Builder {
                     let elements = protos.iter().map(|p| plain(vec![p.number()])).collect();
                     self.lookup_anonymous(anonymous(TYPE_INET_PROTOCOL, 1, false, elements));
                 }
+            }
+            Match::ProtoPorts(pairs) => {
+                self.exprs.push(Expr::Meta {
+                    key: NFT_META_L4PROTO,
+                    dreg: NFT_REG_1,
+                });
+                // nft puts every field of an interval concatenation in network order.
+                self.exprs.push(Expr::Byteorder {
+                    sreg: NFT_REG_1,
+                    dreg: NFT_REG_1,
+                    op: NFT_BYTEORDER_HTON,
+                    len: 1,
+                    size: 2,
+                });
+                self.dport(reg_for_word(1));
+                self.lookup_anonymous(proto_port_set(pairs));
             }
             Match::Dport(ranges) => {
                 self.dport(NFT_REG_1);

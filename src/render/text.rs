@@ -135,6 +135,14 @@ fn match_text(m: &Match) -> String {
             let p: Vec<String> = protos.iter().map(|p| p.nft_name().to_string()).collect();
             format!("meta l4proto {}", braces(&p))
         }
+        Match::ProtoPorts(pairs) => {
+            let p: Vec<String> = pairs
+                .iter()
+                .map(|(proto, r)| format!("{} . {}", proto.nft_name(), port_range(r)))
+                .collect();
+            // Always a set: nft needs the braces for a concatenation with intervals.
+            format!("meta l4proto . th dport {{ {} }}", p.join(", "))
+        }
         Match::Dport(ranges) => {
             let r: Vec<String> = ranges.iter().map(port_range).collect();
             format!("th dport {}", braces(&r))

@@ -182,6 +182,10 @@ fn matches(ruleset: &Ruleset, m: &Match, packet: &Packet) -> bool {
             _ => false,
         },
         Match::L4Proto(protos) => matches!(packet.l4, L4::Port(p, _) if protos.contains(&p)),
+        Match::ProtoPorts(pairs) => matches!(
+            packet.l4,
+            L4::Port(p, port) if pairs.iter().any(|(q, r)| *q == p && r.contains(port))
+        ),
         Match::Dport(ranges) => {
             matches!(packet.l4, L4::Port(_, port) if ranges.iter().any(|r| r.contains(port)))
         }

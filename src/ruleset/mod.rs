@@ -168,6 +168,10 @@ pub enum Match {
     L4Proto(BTreeSet<Protocol>),
     /// `th dport { 80, 8000-9000 }`; always follows an [`Match::L4Proto`].
     Dport(BTreeSet<PortRange>),
+    /// `meta l4proto . th dport { tcp . 80, udp . 8000-9000 }`: every protocol and port of a
+    /// rule in one lookup. Needs intervals in concatenations (Linux 5.6); the compiler only
+    /// emits it when the kernel probe found them (see [`crate::compile::Options`]).
+    ProtoPorts(BTreeSet<(Protocol, PortRange)>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
