@@ -635,41 +635,65 @@ fn header(buf: *mut c_char, kind: i32, flags: i32, seq: u32) -> *mut libc::nlmsg
     }
 }
 
-struct TableObj(NonNull<sys::nftnl_table>);
+/// An owned libnftnl object: allocated by `$alloc` (aborting on OOM, as libstd does), freed
+/// once by `$free` when dropped.
+macro_rules! nftnl_object {
+    ($name:ident, $ty:ty, $alloc:path, $free:path) => {
+        struct $name(NonNull<$ty>);
+        impl $name {
+            fn alloc() -> Self {
+                // SAFETY: the allocator returns a fresh object or NULL.
+                $name(NonNull::new(unsafe { $alloc() }).unwrap_or_else(|| std::process::abort()))
+            }
+        }
+        impl Drop for $name {
+            fn drop(&mut self) {
+                // SAFETY: we own the object and free it exactly once.
+                unsafe { $free(self.0.as_ptr()) }
+            }
+        }
+    };
+}
+
+nftnl_object!(
+    TableObj,
+    sys::nftnl_table,
+    sys::nftnl_table_alloc,
+    sys::nftnl_table_free
+);
+nftnl_object!(
+    ChainObj,
+    sys::nftnl_chain,
+    sys::nftnl_chain_alloc,
+    sys::nftnl_chain_free
+);
+nftnl_object!(
+    RuleObj,
+    sys::nftnl_rule,
+    sys::nftnl_rule_alloc,
+    sys::nftnl_rule_free
+);
+nftnl_object!(
+    SetObj,
+    sys::nftnl_set,
+    sys::nftnl_set_alloc,
+    sys::nftnl_set_free
+);
+
 impl TableObj {
     fn new(name: &CStr) -> Self {
-        // SAFETY: alloc returns a fresh object or NULL (then we abort like libstd on OOM).
-        let t = NonNull::new(unsafe { sys::nftnl_table_alloc() })
-            .unwrap_or_else(|| std::process::abort());
-        // SAFETY: `t` is a valid table; libnftnl copies the string.
+        let table = TableObj::alloc();
+        // SAFETY: valid table; libnftnl copies the string.
         unsafe {
-            sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-            sys::nftnl_table_set_u32(
-                t.as_ptr(),
-                sys::NFTNL_TABLE_FAMILY as u16,
-                NFPROTO_INET as u32,
-            );
+            let t = table.0.as_ptr();
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, NFPROTO_INET as u32);
         }
-        TableObj(t)
-    }
-}
-impl Drop for TableObj {
-    fn drop(&mut self) {
-        // SAFETY: we own the object and free it once.
-        unsafe { sys::nftnl_table_free(self.0.as_ptr()) }
+        table
     }
 }
 
-struct ChainObj(NonNull<sys::nftnl_chain>);
 impl ChainObj {
-    fn alloc() -> Self {
-        // SAFETY: as for TableObj.
-        ChainObj(
-            NonNull::new(unsafe { sys::nftnl_chain_alloc() })
-                .unwrap_or_else(|| std::process::abort()),
-        )
-    }
-
     fn new(table: &CStr, name: Option<&CStr>) -> Self {
         let chain = ChainObj::alloc();
         let c = chain.0.as_ptr();
@@ -684,23 +708,8 @@ impl ChainObj {
         chain
     }
 }
-impl Drop for ChainObj {
-    fn drop(&mut self) {
-        // SAFETY: we own the object and free it once.
-        unsafe { sys::nftnl_chain_free(self.0.as_ptr()) }
-    }
-}
 
-struct RuleObj(NonNull<sys::nftnl_rule>);
 impl RuleObj {
-    fn alloc() -> Self {
-        // SAFETY: as for TableObj.
-        RuleObj(
-            NonNull::new(unsafe { sys::nftnl_rule_alloc() })
-                .unwrap_or_else(|| std::process::abort()),
-        )
-    }
-
     fn new(table: &CStr, chain: Option<&CStr>) -> Self {
         let rule = RuleObj::alloc();
         let r = rule.0.as_ptr();
@@ -736,21 +745,10 @@ impl RuleObj {
         }
     }
 }
-impl Drop for RuleObj {
-    fn drop(&mut self) {
-        // SAFETY: we own the rule (and through it its expressions) and free it once.
-        unsafe { sys::nftnl_rule_free(self.0.as_ptr()) }
-    }
-}
 
-struct SetObj(NonNull<sys::nftnl_set>);
 impl SetObj {
     fn new() -> Self {
-        // SAFETY: as for TableObj.
-        SetObj(
-            NonNull::new(unsafe { sys::nftnl_set_alloc() })
-                .unwrap_or_else(|| std::process::abort()),
-        )
+        SetObj::alloc()
     }
     fn str(&self, attr: u32, value: &CStr) {
         // SAFETY: valid set, string copied.
@@ -851,12 +849,6 @@ impl SetObj {
                 sys::nftnl_set_elem_add(self.0.as_ptr(), p);
             }
         }
-    }
-}
-impl Drop for SetObj {
-    fn drop(&mut self) {
-        // SAFETY: we own the set (and its elements) and free it once.
-        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
     }
 }
 

@@ -538,6 +538,23 @@ impl Builder {
         });
     }
 
+    /// Register 1 equals one of `values` (all of one length): a compare for one value, an
+    /// anonymous set for several, as nft does.
+    fn equals_one_of(&mut self, mut values: Vec<Vec<u8>>, key_type: u32) {
+        if values.len() == 1 {
+            let data = values.remove(0);
+            self.exprs.push(Expr::Cmp {
+                op: NFT_CMP_EQ,
+                sreg: NFT_REG_1,
+                data,
+            });
+        } else {
+            let len = values.first().map_or(0, |v| v.len() as u32);
+            let elements = values.into_iter().map(plain).collect();
+            self.lookup_anonymous(anonymous(key_type, len, false, elements));
+        }
+    }
+
     fn addr(&mut self, family: Family, field: AddrField, dreg: u32) {
         self.exprs.push(Expr::Payload {
             base: NFT_PAYLOAD_NETWORK_HEADER,
@@ -594,16 +611,7 @@ impl Builder {
                     len: 1,
                     dreg: NFT_REG_1,
                 });
-                if let [single] = types.iter().collect::<Vec<_>>()[..] {
-                    self.exprs.push(Expr::Cmp {
-                        op: NFT_CMP_EQ,
-                        sreg: NFT_REG_1,
-                        data: vec![*single],
-                    });
-                } else {
-                    let elements = types.iter().map(|t| plain(vec![*t])).collect();
-                    self.lookup_anonymous(anonymous(TYPE_ICMP6_TYPE, 1, false, elements));
-                }
+                self.equals_one_of(types.iter().map(|t| vec![*t]).collect(), TYPE_ICMP6_TYPE);
             }
             Match::AddrInSet { field, family, set } => {
                 self.require_family(*family);
@@ -645,16 +653,10 @@ impl Builder {
                     key: NFT_META_L4PROTO,
                     dreg: NFT_REG_1,
                 });
-                if let [single] = protos.iter().collect::<Vec<_>>()[..] {
-                    self.exprs.push(Expr::Cmp {
-                        op: NFT_CMP_EQ,
-                        sreg: NFT_REG_1,
-                        data: vec![single.number()],
-                    });
-                } else {
-                    let elements = protos.iter().map(|p| plain(vec![p.number()])).collect();
-                    self.lookup_anonymous(anonymous(TYPE_INET_PROTOCOL, 1, false, elements));
-                }
+                self.equals_one_of(
+                    protos.iter().map(|p| vec![p.number()]).collect(),
+                    TYPE_INET_PROTOCOL,
+                );
             }
             Match::ProtoPorts(pairs) => {
                 self.exprs.push(Expr::Meta {
