@@ -26,9 +26,10 @@ use crate::ruleset::{Family, TABLE_NAME};
 const NFPROTO_INET: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-/// Largest single message we let libnftnl write (element messages stop at 8 KiB; rules and
-/// sets are far smaller). The batch buffer always keeps this much room ahead.
-const MAX_MESSAGE: usize = 64 * 1024;
+/// Room the batch buffer always keeps ahead of the next message: more than the largest message
+/// libnftnl or the nftnl crate can write (`nftnl::nft_nlmsg_maxsize()`, 64 KiB plus a page;
+/// element messages stop at 8 KiB, rules and sets are far smaller).
+const MAX_MESSAGE: usize = 128 * 1024;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NFT_JUMP: i32 = -3;
@@ -594,6 +595,18 @@ impl Batch {
         self.next_seq = self.next_seq.wrapping_add(1);
     }
 
+    /// Writes one acknowledged message built by the nftnl crate (its messages all carry
+    /// `NLM_F_ACK`).
+    fn nftnl_message(&mut self, what: String, msg: &impl nftnl::NlMsg, kind: nftnl::MsgType) {
+        debug_assert!(MAX_MESSAGE as u32 >= nftnl::nft_nlmsg_maxsize());
+        self.message(what, |buf, seq| {
+            // SAFETY: `buf` has MAX_MESSAGE bytes of room, more than nft_nlmsg_maxsize(), as
+            // NlMsg::write requires; the message header is written at `buf`.
+            unsafe { msg.write(buf.cast(), seq, kind) };
+            buf.cast()
+        });
+    }
+
     /// Writes one acknowledged message.
     fn message(
         &mut self,
@@ -1001,68 +1014,38 @@ fn encode(batch: &mut Batch, table: &CStr, op: &Op) {
     let what = op.describe();
     match op {
         Op::EnsureTable | Op::DeleteTable => {
-            let t = TableObj::new(table);
-            let (kind, flags) = match op {
-                Op::EnsureTable => (libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE),
-                _ => (libc::NFT_MSG_DELTABLE, 0),
+            let t = nftnl::Table::new(table, nftnl::ProtoFamily::Inet);
+            let kind = match op {
+                Op::EnsureTable => nftnl::MsgType::Add,
+                _ => nftnl::MsgType::Del,
             };
-            batch.message(what, |buf, seq| {
-                let hdr = header(buf, kind, flags, seq);
-                // SAFETY: header built in a buffer with room; `t` is valid.
-                unsafe { sys::nftnl_table_nlmsg_build_payload(hdr, t.0.as_ptr()) };
-                hdr
-            });
+            batch.nftnl_message(what, &t, kind);
         }
         Op::AddChain { name, chain } => {
-            let c = ChainObj::new(table, Some(&cstring(name)));
+            let t = nftnl::Table::new(table, nftnl::ProtoFamily::Inet);
+            let mut c = nftnl::Chain::new(cstring(name), &t);
             if let Some(hook) = chain.hook {
-                let (num, prio) = nl::hook(hook);
-                // SAFETY: valid chain; the type string is copied.
-                unsafe {
-                    sys::nftnl_chain_set_u32(c.0.as_ptr(), sys::NFTNL_CHAIN_HOOKNUM as u16, num);
-                    sys::nftnl_chain_set_s32(c.0.as_ptr(), sys::NFTNL_CHAIN_PRIO as u16, prio);
-                    sys::nftnl_chain_set_str(
-                        c.0.as_ptr(),
-                        sys::NFTNL_CHAIN_TYPE as u16,
-                        c"filter".as_ptr(),
-                    );
-                    sys::nftnl_chain_set_u32(
-                        c.0.as_ptr(),
-                        sys::NFTNL_CHAIN_POLICY as u16,
-                        NF_ACCEPT,
-                    );
-                }
+                let (_, prio) = nl::hook(hook);
+                let hook = match hook {
+                    crate::ruleset::Hook::Forward => nftnl::Hook::Forward,
+                    crate::ruleset::Hook::Input => nftnl::Hook::In,
+                };
+                c.set_hook(hook, prio);
+                c.set_type(nftnl::ChainType::Filter);
+                c.set_policy(nftnl::Policy::Accept);
             }
-            batch.message(what, |buf, seq| {
-                let hdr = header(
-                    buf,
-                    libc::NFT_MSG_NEWCHAIN,
-                    libc::NLM_F_CREATE | libc::NLM_F_EXCL,
-                    seq,
-                );
-                // SAFETY: header built in a buffer with room; `c` is valid.
-                unsafe { sys::nftnl_chain_nlmsg_build_payload(hdr, c.0.as_ptr()) };
-                hdr
-            });
+            batch.nftnl_message(what, &c, nftnl::MsgType::Add);
         }
         Op::DeleteChain { name } => {
-            let c = ChainObj::new(table, Some(&cstring(name)));
-            batch.message(what, |buf, seq| {
-                let hdr = header(buf, libc::NFT_MSG_DELCHAIN, 0, seq);
-                // SAFETY: as above.
-                unsafe { sys::nftnl_chain_nlmsg_build_payload(hdr, c.0.as_ptr()) };
-                hdr
-            });
+            let t = nftnl::Table::new(table, nftnl::ProtoFamily::Inet);
+            let c = nftnl::Chain::new(cstring(name), &t);
+            batch.nftnl_message(what, &c, nftnl::MsgType::Del);
         }
         Op::FlushChain { name } => {
             // A rule deletion without a handle deletes every rule of the chain.
-            let r = RuleObj::new(table, Some(&cstring(name)));
-            batch.message(what, |buf, seq| {
-                let hdr = header(buf, libc::NFT_MSG_DELRULE, 0, seq);
-                // SAFETY: as above.
-                unsafe { sys::nftnl_rule_nlmsg_build_payload(hdr, r.0.as_ptr()) };
-                hdr
-            });
+            let t = nftnl::Table::new(table, nftnl::ProtoFamily::Inet);
+            let c = nftnl::Chain::new(cstring(name), &t);
+            batch.nftnl_message(what, &nftnl::Rule::new(&c), nftnl::MsgType::Del);
         }
         Op::AddRule { chain, rule } => {
             let def = nl::rule(rule);
