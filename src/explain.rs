@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::compile::{compile_with, Options};
 use crate::model::{Cluster, Diagnostic, Protocol};
 use crate::ruleset::eval::{eval, Decision, Packet};
@@ -21,6 +23,9 @@ pub enum Endpoint {
     },
     /// One of this node's addresses (hostNetwork pods included).
     Node(String),
+    /// An address of a node's pod CIDRs (its Node object's `spec.podCIDRs`) that no known
+    /// pod has: a pod the cluster state does not show yet, on that node.
+    PodCidr(String),
     /// Anything else.
     External,
 }
@@ -46,19 +51,22 @@ pub struct NodeRulesets {
     pub rulesets: BTreeMap<String, Ruleset>,
     pub diagnostics: Vec<Diagnostic>,
     endpoints: BTreeMap<IpAddr, Endpoint>,
+    pod_cidrs: Vec<(IpNet, String)>,
 }
 
 impl NodeRulesets {
-    /// Compiles the ruleset of every node some pod is bound to.
+    /// Compiles the ruleset of every node some pod is bound to or a Node object names.
     pub fn compile(cluster: &Cluster) -> Self {
-        NodeRulesets::compile_with(cluster, Options::default())
+        NodeRulesets::compile_with(cluster, &Options::default())
     }
 
     /// The same, in the shape for a kernel with the given abilities.
-    pub fn compile_with(cluster: &Cluster, options: Options) -> Self {
+    pub fn compile_with(cluster: &Cluster, options: &Options) -> Self {
         let mut rulesets = BTreeMap::new();
         let mut diagnostics = Vec::new();
-        for node in cluster.node_names() {
+        let mut names = cluster.node_names();
+        names.extend(cluster.nodes().map(|n| n.name.as_str()));
+        for node in names {
             let compiled = compile_with(cluster, node, options);
             diagnostics.extend(compiled.diagnostics);
             rulesets.insert(node.to_string(), compiled.ruleset);
@@ -86,18 +94,26 @@ impl NodeRulesets {
                 endpoints.insert(*ip, ep);
             }
         }
+        let pod_cidrs = cluster
+            .nodes()
+            .flat_map(|n| n.pod_cidrs.iter().map(|c| (*c, n.name.clone())))
+            .collect();
         NodeRulesets {
             rulesets,
             diagnostics,
             endpoints,
+            pod_cidrs,
         }
     }
 
     pub fn endpoint(&self, ip: &IpAddr) -> Endpoint {
-        self.endpoints
-            .get(ip)
-            .cloned()
-            .unwrap_or(Endpoint::External)
+        if let Some(ep) = self.endpoints.get(ip) {
+            return ep.clone();
+        }
+        match self.pod_cidrs.iter().find(|(c, _)| c.contains(ip)) {
+            Some((_, node)) => Endpoint::PodCidr(node.clone()),
+            None => Endpoint::External,
+        }
     }
 
     /// The cluster-wide verdict for the first packet of a connection.
@@ -108,6 +124,7 @@ impl NodeRulesets {
         let mut hops: Vec<(String, Hook)> = Vec::new();
         let pod_node = |ep: &Endpoint| match ep {
             Endpoint::Pod { node, .. } => node.clone(),
+            Endpoint::PodCidr(node) => Some(node.clone()),
             _ => None,
         };
         // Source side: the pod's own node sees it leave (forward), or arrive if it is for the
@@ -122,7 +139,7 @@ impl NodeRulesets {
         }
         // Destination side, when a different node (or no source hop) handles it.
         match &dst_ep {
-            Endpoint::Pod { node: Some(m), .. } => {
+            Endpoint::Pod { node: Some(m), .. } | Endpoint::PodCidr(m) => {
                 let from_own_node = src_ep == Endpoint::Node(m.clone());
                 let already = pod_node(&src_ep).as_ref() == Some(m);
                 if !from_own_node && !already {

@@ -93,7 +93,17 @@ fn main() -> ExitCode {
             manifests,
             node_name,
             concat_ports,
-        } => exit(render(&manifests, &node_name, Options { concat_ports }), 2),
+        } => exit(
+            render(
+                &manifests,
+                &node_name,
+                Options {
+                    concat_ports,
+                    ..Default::default()
+                },
+            ),
+            2,
+        ),
         Command::Run {
             node_name,
             manifests,
@@ -200,7 +210,7 @@ fn render(dir: &Path, node: &str, options: Options) -> anyhow::Result<()> {
         eprintln!("warning: {p}");
     }
     let (cluster, diagnostics) = Cluster::from_objects(loaded.objects);
-    let compiled = compile_with(&cluster, node, options);
+    let compiled = compile_with(&cluster, node, &options);
     for d in diagnostics.iter().chain(&compiled.diagnostics) {
         eprintln!("warning: {d}");
     }

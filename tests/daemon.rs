@@ -117,7 +117,7 @@ impl Node {
         format!(
             "{:016x}",
             fnv1a64(
-                text::render(&compile_with(&cluster, "node-a", kernel_options()).ruleset)
+                text::render(&compile_with(&cluster, "node-a", &kernel_options()).ruleset)
                     .as_bytes()
             )
         )
@@ -154,7 +154,7 @@ impl Node {
     fn reference(&self) -> String {
         let loaded = manifests::load_dir(&self.dir).expect("manifests");
         let (cluster, _) = Cluster::from_objects(loaded.objects);
-        let script = text::render(&compile_with(&cluster, "node-a", kernel_options()).ruleset);
+        let script = text::render(&compile_with(&cluster, "node-a", &kernel_options()).ruleset);
         in_private_netns(move |ns| {
             nft(ns, &["-f", "-"], Some(&script));
             normalised_listing(ns)
@@ -199,8 +199,9 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// The ruleset shape the daemon picks on this kernel (its start-up probe, run once).
 fn kernel_options() -> Options {
     static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
-    *OPTIONS
+    OPTIONS
         .get_or_init(|| in_private_netns(|_| probe::probe().expect("the kernel probe").options()))
+        .clone()
 }
 
 const EXTRA_BACKEND: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: backend-2, namespace: shop, labels: {app: backend}}\n\

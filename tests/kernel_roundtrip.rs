@@ -31,15 +31,20 @@ fn scenarios() -> Vec<PathBuf> {
     dirs
 }
 
-fn ruleset_with(dir: &Path, options: Options) -> Ruleset {
+/// The scenario's ruleset in the shape `concat_ports` picks, with the scenario's own options.
+fn ruleset_with(dir: &Path, concat_ports: bool) -> Ruleset {
     let node = std::fs::read_to_string(dir.join("node")).expect("node file");
     let loaded = manifests::load_dir(&dir.join("input")).expect("manifests");
     let (cluster, _) = Cluster::from_objects(loaded.objects);
-    compile_with(&cluster, node.trim(), options).ruleset
+    let options = Options {
+        concat_ports,
+        ..support::scenario::scenario_options(dir)
+    };
+    compile_with(&cluster, node.trim(), &options).ruleset
 }
 
 fn ruleset(dir: &Path) -> Ruleset {
-    ruleset_with(dir, Options::default())
+    ruleset_with(dir, false)
 }
 
 /// What `nft -f` makes of the text render, listed.
@@ -76,13 +81,10 @@ fn netlink_and_nft_build_the_same_table_for_every_scenario() {
     // intervals in concatenations (this kernel has them: the probe test says so), plus the
     // probe's own samples.
     let mut rulesets: Vec<(String, Ruleset)> = Vec::new();
-    for (tag, options) in [
-        ("", Options::default()),
-        (" (concat ports)", Options { concat_ports: true }),
-    ] {
+    for (tag, concat_ports) in [("", false), (" (concat ports)", true)] {
         for d in &dirs {
             let name = d.file_name().expect("name").to_string_lossy().into_owned();
-            rulesets.push((format!("{name}{tag}"), ruleset_with(d, options)));
+            rulesets.push((format!("{name}{tag}"), ruleset_with(d, concat_ports)));
         }
     }
     rulesets.push(("probe sample".into(), probe::sample()));

@@ -90,8 +90,9 @@ fn check(g: &Generated, tally: &mut Tally) -> Option<Disagreement> {
         // Every other cluster in the shape kernels with intervals in concatenations get.
         let options = Options {
             concat_ports: g.seed % 2 == 1,
+            ..Options::default()
         };
-        let nodes = NodeRulesets::compile_with(&cluster, options);
+        let nodes = NodeRulesets::compile_with(&cluster, &options);
         let oracle = Oracle::new(&g.world);
         let (mut allowed, mut denied) = (0, 0);
         for &(src, dst, proto, port) in &g.probes {

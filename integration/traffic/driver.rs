@@ -80,17 +80,19 @@ pub fn kind() -> Kind {
 /// The ruleset shape `kube-nftpol run` picks on this kernel (its start-up probe, run once).
 pub fn kernel_options() -> kube_nftpol::compile::Options {
     static OPTIONS: std::sync::OnceLock<kube_nftpol::compile::Options> = std::sync::OnceLock::new();
-    *OPTIONS.get_or_init(|| {
-        std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("unshare(CLONE_NEWNET)");
-            kube_nftpol::dataplane::probe::probe()
-                .expect("the kernel probe")
-                .options()
+    OPTIONS
+        .get_or_init(|| {
+            std::thread::spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("unshare(CLONE_NEWNET)");
+                kube_nftpol::dataplane::probe::probe()
+                    .expect("the kernel probe")
+                    .options()
+            })
+            .join()
+            .expect("probe thread")
         })
-        .join()
-        .expect("probe thread")
-    })
+        .clone()
 }
 
 pub fn expected_text(dir: &Path, node: &str) -> String {
@@ -102,7 +104,7 @@ pub fn expected_text(dir: &Path, node: &str) -> String {
         loaded.problems
     );
     let (model, diagnostics) = Model::from_objects(loaded.objects);
-    let compiled = compile_with(&model, node, kernel_options());
+    let compiled = compile_with(&model, node, &kernel_options());
     let all: Vec<String> = diagnostics
         .iter()
         .chain(&compiled.diagnostics)

@@ -19,6 +19,8 @@ mod names;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 pub use ipblock::{as_prefix, contains as ipblock_contains, ranges as ipblock_ranges};
 pub use names::{fnv1a64, NAME_BUDGET};
 
@@ -48,27 +50,62 @@ pub fn self_set(family: Family) -> String {
     format!("self-{}", family.suffix())
 }
 
-/// Choices of ruleset shape that depend on the kernel (see the kernel probe).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Choices of ruleset shape: what depends on the kernel (see the kernel probe) and what the
+/// operator chose.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
     /// Kernels with intervals in concatenations (Linux 5.6) match all protocols and ports of
     /// a rule in one lookup, `meta l4proto . th dport { tcp . 80, udp . 8000-9000 }`, where
     /// older ones need one rule per group of protocols sharing their ports. Only rules whose
     /// protocols differ in their ports change; off, the ruleset runs on Linux 4.18.
     pub concat_ports: bool,
+    /// `--fail-closed`: drop traffic from or to an address of the node's pod CIDRs that is
+    /// not a local pod the ruleset knows (see [`fail_closed_set`]), so a new pod is
+    /// unreachable until the transaction that programs its rules. The CIDRs are the Node
+    /// object's `spec.podCIDRs` plus [`Options::pod_cidrs`].
+    pub fail_closed: bool,
+    /// Pod CIDRs of the node known from elsewhere than its Node object (Flannel's
+    /// `subnet.env`).
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// Names of the `--fail-closed` sets: the node's pod CIDRs, and the local pod addresses
+/// programmed so far.
+pub fn fail_closed_set(role: FailClosedSet, family: Family) -> String {
+    let role = match role {
+        FailClosedSet::PodCidrs => "podcidrs",
+        FailClosedSet::Programmed => "programmed",
+    };
+    format!("{role}-{}", family.suffix())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailClosedSet {
+    PodCidrs,
+    Programmed,
+}
+
+/// The pod CIDRs `--fail-closed` guards on `node`: its Node object's and the extra ones, per
+/// family, without duplicates.
+pub fn guarded_cidrs(cluster: &Cluster, node: &str, options: &Options) -> Vec<IpNet> {
+    let mut cidrs: Vec<IpNet> = cluster.node_pod_cidrs(node).to_vec();
+    cidrs.extend(options.pod_cidrs.iter().map(IpNet::trunc));
+    cidrs.sort();
+    cidrs.dedup();
+    cidrs
 }
 
 /// Compiles the ruleset of `node` in the shape every supported kernel accepts.
 pub fn compile(cluster: &Cluster, node: &str) -> Compiled {
-    compile_with(cluster, node, Options::default())
+    compile_with(cluster, node, &Options::default())
 }
 
 /// Compiles the ruleset of `node` for a kernel with the given abilities.
-pub fn compile_with(cluster: &Cluster, node: &str, options: Options) -> Compiled {
+pub fn compile_with(cluster: &Cluster, node: &str, options: &Options) -> Compiled {
     let index = Index::new(cluster);
     let mut b = Builder {
         index: &index,
-        options,
+        concat_ports: options.concat_ports,
         namer: Namer::default(),
         chains: BTreeMap::new(),
         sets: BTreeMap::new(),
@@ -78,6 +115,7 @@ pub fn compile_with(cluster: &Cluster, node: &str, options: Options) -> Compiled
     // Dispatch elements: address → (target chain, the pod that owns the address).
     let mut maps: BTreeMap<(Direction, Family), BTreeMap<IpAddr, (String, Key)>> = BTreeMap::new();
     let mut self_pairs: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
+    let mut programmed: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
 
     let local = cluster
         .pods()
@@ -88,6 +126,10 @@ pub fn compile_with(cluster: &Cluster, node: &str, options: Options) -> Compiled
                 .entry(Family::of(ip))
                 .or_default()
                 .insert(Element::AddrPair(*ip, *ip));
+            programmed
+                .entry(Family::of(ip))
+                .or_default()
+                .insert(Element::Addr(*ip));
         }
         for direction in Direction::BOTH {
             let policies: Vec<&Policy> = index
@@ -153,12 +195,56 @@ pub fn compile_with(cluster: &Cluster, node: &str, options: Options) -> Compiled
             },
         );
     }
+    let mut forward = forward_chain();
+    let mut input = input_chain();
+    if options.fail_closed {
+        let cidrs = guarded_cidrs(cluster, node, options);
+        let (mut forward_guard, mut input_guard) = (Vec::new(), Vec::new());
+        for family in Family::BOTH {
+            let ranges: BTreeSet<Element> = cidrs
+                .iter()
+                .filter(|c| Family::of(&c.addr()) == family)
+                .map(|c| Element::Range(c.network(), c.broadcast()))
+                .collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            let guard = fail_closed_rules(family);
+            // The node talking to itself (through `lo`) may use an address of its pod CIDR.
+            input_guard.extend(guard.iter().take(1).cloned().map(|mut r| {
+                r.matches.insert(0, Match::NotLoopback);
+                r
+            }));
+            forward_guard.extend(guard);
+            ruleset.sets.insert(
+                fail_closed_set(FailClosedSet::PodCidrs, family),
+                Set {
+                    key: SetKey::Addr(family),
+                    interval: true,
+                    comment: format!("--fail-closed: pod CIDRs of node {node}"),
+                    elements: ranges,
+                },
+            );
+            ruleset.sets.insert(
+                fail_closed_set(FailClosedSet::Programmed, family),
+                Set {
+                    key: SetKey::Addr(family),
+                    interval: false,
+                    comment: "--fail-closed: local pods whose rules are programmed".to_string(),
+                    elements: programmed.remove(&family).unwrap_or_default(),
+                },
+            );
+        }
+        // After conntrack and neighbour discovery, before anything can accept.
+        forward.rules.splice(3..3, forward_guard);
+        input.rules.splice(2..2, input_guard);
+    }
     ruleset
         .chains
-        .insert(Hook::Forward.as_str().to_string(), forward_chain());
+        .insert(Hook::Forward.as_str().to_string(), forward);
     ruleset
         .chains
-        .insert(Hook::Input.as_str().to_string(), input_chain());
+        .insert(Hook::Input.as_str().to_string(), input);
     for (name, rules) in std::mem::take(&mut b.chains) {
         ruleset.chains.insert(name, Chain { hook: None, rules });
     }
@@ -198,6 +284,39 @@ fn neighbour_discovery() -> Rule {
         Action::Accept,
         "IPv6 neighbour discovery",
     )
+}
+
+/// `--fail-closed`: an address of the node's pod CIDRs that is not a programmed local pod is
+/// dropped, as source and as destination.
+fn fail_closed_rules(family: Family) -> Vec<Rule> {
+    [
+        (AddrField::Saddr, "--fail-closed: source not programmed yet"),
+        (
+            AddrField::Daddr,
+            "--fail-closed: destination not programmed yet",
+        ),
+    ]
+    .into_iter()
+    .map(|(field, why)| {
+        builtin(
+            vec![
+                Match::AddrInSet {
+                    field,
+                    family,
+                    set: fail_closed_set(FailClosedSet::PodCidrs, family),
+                },
+                Match::AddrNotInSet {
+                    field,
+                    family,
+                    set: fail_closed_set(FailClosedSet::Programmed, family),
+                },
+            ],
+            true,
+            Action::Drop,
+            why,
+        )
+    })
+    .collect()
 }
 
 fn dispatch(field: AddrField, direction: Direction) -> Vec<Rule> {
@@ -367,7 +486,7 @@ enum ProtoPorts {
 
 struct Builder<'i, 'c> {
     index: &'i Index<'c>,
-    options: Options,
+    concat_ports: bool,
     namer: Namer,
     chains: BTreeMap<String, Vec<Rule>>,
     sets: BTreeMap<String, SetSpec>,
@@ -431,8 +550,12 @@ impl Builder<'_, '_> {
                     direction,
                     rule: rule.index,
                 };
-                let PortMatch { numeric, named } =
-                    port_match(direction, rule.ports.as_deref(), resolved, self.options);
+                let PortMatch { numeric, named } = port_match(
+                    direction,
+                    rule.ports.as_deref(),
+                    resolved,
+                    self.concat_ports,
+                );
                 let remotes: Vec<Remote> = match &rule.peers {
                     None => vec![Remote::Any],
                     Some(peers) => peers.iter().cloned().map(Remote::Peer).collect(),
@@ -677,7 +800,7 @@ fn port_match(
     direction: Direction,
     ports: Option<&[crate::model::PortSpec]>,
     resolved: &BTreeMap<(String, Protocol), Option<u16>>,
-    options: Options,
+    concat_ports: bool,
 ) -> PortMatch {
     let Some(ports) = ports else {
         return PortMatch {
@@ -724,7 +847,7 @@ fn port_match(
         };
         groups.entry(ports).or_default().insert(proto);
     }
-    if options.concat_ports && groups.len() > 1 {
+    if concat_ports && groups.len() > 1 {
         let pairs = groups
             .iter()
             .flat_map(|(ports, protos)| {

@@ -310,7 +310,7 @@ impl StateLoop {
             return;
         };
         let started = Instant::now();
-        let compiled = compile_with(&self.cluster, &self.config.node_name, self.options);
+        let compiled = compile_with(&self.cluster, &self.config.node_name, &self.options);
         for d in &compiled.diagnostics {
             warn!(object = %d.object, field = %d.field, "{d}");
         }

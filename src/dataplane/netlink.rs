@@ -34,6 +34,7 @@ const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NFT_JUMP: i32 = -3;
 const NFT_RETURN: i32 = -5;
+const NFT_LOOKUP_F_INV: u32 = 1;
 
 /// What went wrong talking to the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -914,7 +915,12 @@ fn expr(e: &Expr, set_ids: &[u32]) -> NonNull<sys::nftnl_expr> {
             u32_(sys::NFTNL_EXPR_PAYLOAD_OFFSET, *offset);
             u32_(sys::NFTNL_EXPR_PAYLOAD_LEN, *len);
         }
-        Expr::Lookup { sreg, set, dreg } => {
+        Expr::Lookup {
+            sreg,
+            set,
+            dreg,
+            invert,
+        } => {
             u32_(sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
             match set {
                 SetRef::Named(n) => str_(sys::NFTNL_EXPR_LOOKUP_SET, &cstring(n)),
@@ -928,6 +934,9 @@ fn expr(e: &Expr, set_ids: &[u32]) -> NonNull<sys::nftnl_expr> {
             }
             if let Some(d) = dreg {
                 u32_(sys::NFTNL_EXPR_LOOKUP_DREG, *d);
+            }
+            if *invert {
+                u32_(sys::NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
             }
         }
         Expr::Ct { key, dreg } => {

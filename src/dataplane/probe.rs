@@ -36,6 +36,7 @@ impl Features {
     pub fn options(&self) -> crate::compile::Options {
         crate::compile::Options {
             concat_ports: self.concat_intervals,
+            ..Default::default()
         }
     }
 }
@@ -195,6 +196,25 @@ pub fn sample() -> Ruleset {
     ];
     for family in Family::BOTH {
         let s = family.suffix();
+        // The --fail-closed guard: `iif != "lo"` and an inverted lookup.
+        base.push(Rule {
+            matches: vec![
+                Match::NotLoopback,
+                Match::AddrInSet {
+                    field: AddrField::Saddr,
+                    family,
+                    set: format!("cidr-{s}"),
+                },
+                Match::AddrNotInSet {
+                    field: AddrField::Saddr,
+                    family,
+                    set: format!("pods-{s}"),
+                },
+            ],
+            counter: true,
+            action: Action::Drop,
+            origin: None,
+        });
         base.push(Rule {
             matches: vec![Match::AddrPairInSet {
                 family,

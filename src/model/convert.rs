@@ -14,9 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Diagnostic, Direction, Effect, IpBlock, Kind, NamedPort, Namespace, NamespaceSel, ObjectRef,
-    Op, Peer, Pod, PodPhase, Policy, PortRange, PortSel, PortSpec, Protocol, Requirement, Rule,
-    Selector, NAMESPACE_NAME_LABEL,
+    Diagnostic, Direction, Effect, IpBlock, Kind, NamedPort, Namespace, NamespaceSel, Node,
+    ObjectRef, Op, Peer, Pod, PodPhase, Policy, PortRange, PortSel, PortSpec, Protocol,
+    Requirement, Rule, Selector, NAMESPACE_NAME_LABEL,
 };
 
 /// Field path and message of one problem.
@@ -34,6 +34,57 @@ pub(super) fn namespace(ns: &core::Namespace) -> Namespace {
     // The API server forces this label to the namespace's name; so do we.
     labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
     Namespace { name, labels }
+}
+
+/// A node's pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`) and addresses. A malformed CIDR
+/// is reported and left out.
+pub(super) fn node(node: &core::Node, diags: &mut Vec<Diagnostic>) -> Node {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let object = ObjectRef::new(Kind::Node, None, &node.metadata.name);
+    let spec = node.spec.as_ref();
+    let mut fields: Vec<(String, &str)> = Vec::new();
+    match spec
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .filter(|c| !c.is_empty())
+    {
+        Some(cidrs) => fields.extend(
+            cidrs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c.as_str())),
+        ),
+        None => fields.extend(
+            spec.and_then(|s| s.pod_cidr.as_deref())
+                .map(|c| ("spec.podCIDR".to_string(), c)),
+        ),
+    }
+    let mut pod_cidrs = Vec::new();
+    for (field, text) in fields {
+        match parse_cidr(text) {
+            Ok(net) if !pod_cidrs.contains(&net) => pod_cidrs.push(net),
+            Ok(_) => {}
+            Err(message) => diags.push(Diagnostic {
+                object: object.clone(),
+                field,
+                message,
+                effect: Effect::CidrIgnored,
+            }),
+        }
+    }
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    Node {
+        name,
+        pod_cidrs,
+        addresses,
+    }
 }
 
 pub(super) fn pod(pod: &core::Pod, diags: &mut Vec<Diagnostic>) -> Pod {

@@ -5,6 +5,7 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Node,
 }
 
 impl Kind {
@@ -13,6 +14,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Node => "Node",
         }
     }
 }
@@ -35,7 +37,7 @@ impl ObjectRef {
     /// Namespaced kinds default to `default`, as kubectl does.
     pub fn new(kind: Kind, namespace: Option<&Option<String>>, name: &Option<String>) -> Self {
         let namespace = match kind {
-            Kind::Namespace => None,
+            Kind::Namespace | Kind::Node => None,
             _ => Some(
                 namespace
                     .and_then(|n| n.as_deref())
@@ -76,6 +78,8 @@ pub enum Effect {
     PortIgnored,
     /// The object is not used at all.
     ObjectIgnored,
+    /// A node pod CIDR is left out of `--fail-closed`'s guard.
+    CidrIgnored,
 }
 
 impl Effect {
@@ -89,6 +93,7 @@ impl Effect {
             Effect::AddressIgnored => "address ignored",
             Effect::PortIgnored => "port ignored for named-port lookups",
             Effect::ObjectIgnored => "object ignored",
+            Effect::CidrIgnored => "pod CIDR not guarded by --fail-closed",
         }
     }
 }

@@ -35,6 +35,7 @@ pub type Key = (String, String);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(core::Namespace),
+    Node(core::Node),
     Pod(core::Pod),
     NetworkPolicy(net::NetworkPolicy),
 }
@@ -43,6 +44,7 @@ impl Object {
     pub fn object_ref(&self) -> ObjectRef {
         match self {
             Object::Namespace(o) => ObjectRef::new(Kind::Namespace, None, &o.metadata.name),
+            Object::Node(o) => ObjectRef::new(Kind::Node, None, &o.metadata.name),
             Object::Pod(o) => {
                 ObjectRef::new(Kind::Pod, Some(&o.metadata.namespace), &o.metadata.name)
             }
@@ -137,6 +139,17 @@ pub struct Namespace {
     pub name: String,
     /// Always contains [`NAMESPACE_NAME_LABEL`].
     pub labels: Labels,
+}
+
+/// What the ruleset needs of a node: its pod CIDRs (the addresses `--fail-closed` guards)
+/// and its addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// Valid prefixes of `spec.podCIDRs` (or `spec.podCIDR`), host bits cleared.
+    pub pod_cidrs: Vec<IpNet>,
+    /// `InternalIP` and `ExternalIP` addresses from `status.addresses`.
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,6 +324,7 @@ impl Policy {
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
     namespaces: BTreeMap<String, Namespace>,
+    nodes: BTreeMap<String, Node>,
     pods: BTreeMap<Key, Pod>,
     policies: BTreeMap<Key, Policy>,
 }
@@ -333,6 +347,10 @@ impl Cluster {
             Object::Namespace(ns) => {
                 let ns = convert::namespace(ns);
                 self.namespaces.insert(ns.name.clone(), ns);
+            }
+            Object::Node(node) => {
+                let node = convert::node(node, &mut diags);
+                self.nodes.insert(node.name.clone(), node);
             }
             Object::Pod(pod) => {
                 let pod = convert::pod(pod, &mut diags);
@@ -358,6 +376,9 @@ impl Cluster {
             Kind::Namespace => {
                 self.namespaces.remove(&object.name);
             }
+            Kind::Node => {
+                self.nodes.remove(&object.name);
+            }
             Kind::Pod => {
                 self.pods.remove(&key());
             }
@@ -365,6 +386,36 @@ impl Cluster {
                 self.policies.remove(&key());
             }
         }
+    }
+
+    /// Replaces every object of `kind` with `objects` (a source listed them all again): objects
+    /// of that kind not among them are deleted. Objects of other kinds are ignored.
+    pub fn reset(&mut self, kind: Kind, objects: &[Object]) -> Vec<Diagnostic> {
+        match kind {
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::Node => self.nodes.clear(),
+            Kind::Pod => self.pods.clear(),
+            Kind::NetworkPolicy => self.policies.clear(),
+        }
+        let mut diags = Vec::new();
+        for object in objects.iter().filter(|o| o.object_ref().kind == kind) {
+            diags.extend(self.apply(object));
+        }
+        diags
+    }
+
+    /// The Node objects known.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// The pod CIDRs of a node, from its Node object (none if the object is unknown).
+    pub fn node_pod_cidrs(&self, name: &str) -> &[IpNet] {
+        self.nodes.get(name).map_or(&[], |n| n.pod_cidrs.as_slice())
     }
 
     /// Labels of a namespace; a namespace known only from its pods or policies has just the
@@ -408,9 +459,13 @@ impl Cluster {
             .collect()
     }
 
-    /// The addresses of a node, as its pods report them.
+    /// The addresses of a node, as its Node object and its pods report them.
     pub fn node_ips(&self, node: &str) -> BTreeSet<IpAddr> {
-        let mut ips = BTreeSet::new();
+        let mut ips: BTreeSet<IpAddr> = self
+            .nodes
+            .get(node)
+            .map(|n| n.addresses.iter().copied().collect())
+            .unwrap_or_default();
         for pod in self
             .pods
             .values()

@@ -25,6 +25,9 @@ pub const NFT_REG_1: u32 = 1;
 pub const NFT_REG32_00: u32 = 8;
 pub const NFT_META_NFPROTO: u32 = 15;
 pub const NFT_META_L4PROTO: u32 = 16;
+pub const NFT_META_IIF: u32 = 4;
+/// The loopback device's ifindex, the same in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
 pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 pub const NFT_CMP_EQ: u32 = 0;
@@ -103,6 +106,8 @@ pub enum Expr {
         sreg: u32,
         set: SetRef,
         dreg: Option<u32>,
+        /// `!=`: matches when the key is NOT in the set (NFT_LOOKUP_F_INV).
+        invert: bool,
     },
     Ct {
         key: u32,
@@ -535,6 +540,7 @@ impl Builder {
             sreg: NFT_REG_1,
             set: SetRef::Anonymous(index),
             dreg: None,
+            invert: false,
         });
     }
 
@@ -613,13 +619,26 @@ impl Builder {
                 });
                 self.equals_one_of(types.iter().map(|t| vec![*t]).collect(), TYPE_ICMP6_TYPE);
             }
-            Match::AddrInSet { field, family, set } => {
+            Match::AddrInSet { field, family, set }
+            | Match::AddrNotInSet { field, family, set } => {
                 self.require_family(*family);
                 self.addr(*family, *field, NFT_REG_1);
                 self.exprs.push(Expr::Lookup {
                     sreg: NFT_REG_1,
                     set: SetRef::Named(set.clone()),
                     dreg: None,
+                    invert: matches!(m, Match::AddrNotInSet { .. }),
+                });
+            }
+            Match::NotLoopback => {
+                self.exprs.push(Expr::Meta {
+                    key: NFT_META_IIF,
+                    dreg: NFT_REG_1,
+                });
+                self.exprs.push(Expr::Cmp {
+                    op: NFT_CMP_NEQ,
+                    sreg: NFT_REG_1,
+                    data: LOOPBACK_IFINDEX.to_ne_bytes().to_vec(),
                 });
             }
             Match::AddrPairInSet { family, set } => {
@@ -631,6 +650,7 @@ impl Builder {
                     sreg: NFT_REG_1,
                     set: SetRef::Named(set.clone()),
                     dreg: None,
+                    invert: false,
                 });
             }
             Match::AddrProtoPortInSet { field, family, set } => {
@@ -646,6 +666,7 @@ impl Builder {
                     sreg: NFT_REG_1,
                     set: SetRef::Named(set.clone()),
                     dreg: None,
+                    invert: false,
                 });
             }
             Match::L4Proto(protos) => {
@@ -765,6 +786,7 @@ pub fn rule(rule: &Rule) -> RuleDef {
                 sreg: NFT_REG_1,
                 set: SetRef::Named(map.clone()),
                 dreg: Some(NFT_REG_VERDICT),
+                invert: false,
             });
         }
     }

@@ -120,6 +120,10 @@ fn match_text(m: &Match) -> String {
             format!("icmpv6 type {}", braces(&t))
         }
         Match::AddrInSet { field, family, set } => format!("{} @{set}", addr_expr(*family, *field)),
+        Match::AddrNotInSet { field, family, set } => {
+            format!("{} != @{set}", addr_expr(*family, *field))
+        }
+        Match::NotLoopback => "iif != \"lo\"".to_string(),
         Match::AddrPairInSet { family, set } => format!(
             "{} . {} @{set}",
             addr_expr(*family, AddrField::Saddr),

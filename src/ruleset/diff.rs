@@ -517,6 +517,7 @@ fn step(table: &mut Option<Ruleset>, op: &Op) -> Result<(), String> {
 fn match_set(m: &Match) -> Option<&str> {
     match m {
         Match::AddrInSet { set, .. }
+        | Match::AddrNotInSet { set, .. }
         | Match::AddrPairInSet { set, .. }
         | Match::AddrProtoPortInSet { set, .. } => Some(set),
         _ => None,

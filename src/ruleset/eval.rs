@@ -163,6 +163,13 @@ fn matches(ruleset: &Ruleset, m: &Match, packet: &Packet) -> bool {
             family: f,
             set: s,
         } => family == Some(*f) && set(s).is_some_and(|s| contains_addr(s, packet.addr(*field))),
+        Match::AddrNotInSet {
+            field,
+            family: f,
+            set: s,
+        } => family == Some(*f) && set(s).is_some_and(|s| !contains_addr(s, packet.addr(*field))),
+        // Evaluated packets are pod traffic, never the node talking to itself.
+        Match::NotLoopback => true,
         Match::AddrPairInSet { family: f, set: s } => {
             family == Some(*f)
                 && set(s).is_some_and(|s| {

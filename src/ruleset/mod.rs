@@ -153,6 +153,15 @@ pub enum Match {
         family: Family,
         set: String,
     },
+    /// `ip saddr != @set`: the address is not in the set (family from the set).
+    AddrNotInSet {
+        field: AddrField,
+        family: Family,
+        set: String,
+    },
+    /// `iif != "lo"`: the packet did not come from the node itself through the loopback
+    /// device (ifindex 1 in every network namespace).
+    NotLoopback,
     /// `ip saddr . ip daddr @set`.
     AddrPairInSet {
         family: Family,
@@ -304,7 +313,8 @@ impl Ruleset {
             for rule in &chain.rules {
                 for m in &rule.matches {
                     let (set, want) = match m {
-                        Match::AddrInSet { family, set, .. } => (set, SetKey::Addr(*family)),
+                        Match::AddrInSet { family, set, .. }
+                        | Match::AddrNotInSet { family, set, .. } => (set, SetKey::Addr(*family)),
                         Match::AddrPairInSet { family, set } => (set, SetKey::AddrPair(*family)),
                         Match::AddrProtoPortInSet { family, set, .. } => {
                             (set, SetKey::AddrProtoPort(*family))

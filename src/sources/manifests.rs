@@ -207,6 +207,9 @@ fn read_value(value: Value, out: &mut dyn FnMut(Outcome)) {
         (Some("Namespace"), Some("v1")) => {
             out(typed::<core::Namespace>(value, who("Namespace", false)).map(Object::Namespace))
         }
+        (Some("Node"), Some("v1")) => {
+            out(typed::<core::Node>(value, who("Node", false)).map(Object::Node))
+        }
         (Some("Pod"), Some("v1")) => {
             out(typed::<core::Pod>(value, who("Pod", true)).map(Object::Pod))
         }
@@ -215,8 +218,8 @@ fn read_value(value: Value, out: &mut dyn FnMut(Outcome)) {
             who("NetworkPolicy", true),
         )
         .map(Object::NetworkPolicy)),
-        (Some(k @ ("Namespace" | "Pod" | "NetworkPolicy")), v) => out(Err((
-            Some(who(k, k != "Namespace")),
+        (Some(k @ ("Namespace" | "Node" | "Pod" | "NetworkPolicy")), v) => out(Err((
+            Some(who(k, k == "Pod" || k == "NetworkPolicy")),
             format!(
                 "apiVersion {:?} is not read (expected {})",
                 v.unwrap_or(""),
@@ -227,7 +230,7 @@ fn read_value(value: Value, out: &mut dyn FnMut(Outcome)) {
         ))),
         (Some(k), _) => out(Err((
             Some(format!("{k} {name}")),
-            "kind not read by kube-nftpol (only Namespace, Pod, NetworkPolicy and List); ignored"
+            "kind not read by kube-nftpol (only Namespace, Node, Pod, NetworkPolicy and List); ignored"
                 .to_string(),
             false,
         ))),
