@@ -26,35 +26,77 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Enforce NetworkPolicy on this node: keep table `inet kube-nftpol` in line with the
-    /// manifests in DIR.
+    /// cluster (the API server, or a directory of manifests).
     ///
     /// Checks that bridge netfilter is on (turning it on, loading br_netfilter if needed, and
-    /// refusing to run if it cannot), checks that the kernel accepts the ruleset, waits for
-    /// the first complete read of DIR, then commits the node's ruleset in one transaction and
-    /// every later change incrementally. Edits, new and deleted files are picked up within a
-    /// second. SIGHUP forces a full resync; SIGTERM/SIGINT exit and leave the rules in force.
+    /// refusing to run if it cannot), checks that the kernel accepts the ruleset, waits until
+    /// the whole state has been read once (every watch listed, or DIR read), then commits the
+    /// node's ruleset in one transaction and every later change incrementally. Until then,
+    /// and while the API server is unreachable, the rules already in the kernel stay in
+    /// force. SIGHUP forces a full resync; SIGTERM/SIGINT exit and leave the rules in force.
+    ///
+    /// Source: --manifests DIR, else --kubeconfig PATH, else the in-cluster service account.
+    /// Every flag can also be given by the environment variable named in brackets.
     Run {
         /// The node whose pods are the policy targets.
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: String,
-        /// Directory of Namespace, Pod and NetworkPolicy manifests (*.yaml, *.yml, *.json).
-        #[arg(long, value_name = "DIR")]
-        manifests: PathBuf,
+        /// Read the cluster from the Kubernetes API with this kubeconfig file (without it and
+        /// without --manifests: the in-cluster service account).
+        #[arg(
+            long,
+            value_name = "PATH",
+            env = "KUBE_NFTPOL_KUBECONFIG",
+            conflicts_with = "manifests"
+        )]
+        kubeconfig: Option<PathBuf>,
+        /// Read the cluster from a directory of Namespace, Node, Pod and NetworkPolicy
+        /// manifests (*.yaml, *.yml, *.json) instead of the API; edits, new and deleted files
+        /// are picked up within a second.
+        #[arg(long, value_name = "DIR", env = "KUBE_NFTPOL_MANIFESTS")]
+        manifests: Option<PathBuf>,
+        /// Where to serve /metrics (Prometheus), /healthz and /readyz; empty to serve nothing.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "0.0.0.0:9476",
+            env = "KUBE_NFTPOL_METRICS_ADDR"
+        )]
+        metrics_addr: String,
+        /// Drop traffic from or to addresses of this node's pod CIDRs that are not pods whose
+        /// rules are programmed yet: a new pod is unreachable (and cannot send) until the
+        /// transaction that programs its policies. Trade-off: while the daemon cannot sync
+        /// (API server down), new pods on this node stay dark. The pod CIDRs come from the
+        /// Node object's spec.podCIDRs and from --flannel-subnet-env.
+        #[arg(long, env = "KUBE_NFTPOL_FAIL_CLOSED")]
+        fail_closed: bool,
+        /// Flannel's subnet file: its FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET are pod CIDRs of
+        /// this node for --fail-closed (read at every sync; a missing file is fine).
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/run/flannel/subnet.env",
+            env = "KUBE_NFTPOL_FLANNEL_SUBNET_ENV"
+        )]
+        flannel_subnet_env: PathBuf,
         /// After every successful sync, write here the FNV-1a-64 (16 hex digits) of the
         /// committed ruleset's text, as `render` prints it: lets scripts and tests wait for a
         /// change to be enforced.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "KUBE_NFTPOL_STATUS_FILE")]
         status_file: Option<PathBuf>,
         /// Quiet time that ends a burst of changes before they are synced (at most ten times
         /// this after the first change).
-        #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration, env = "KUBE_NFTPOL_DEBOUNCE")]
         debounce: Duration,
         /// How often the kernel's copy of the table is compared with what was committed, and
         /// replaced if someone changed it.
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, env = "KUBE_NFTPOL_DRIFT_CHECK_INTERVAL")]
         drift_check_interval: Duration,
-        /// Log format on stderr.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        /// How often the whole table is replaced regardless (SIGHUP does it now).
+        #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration, env = "KUBE_NFTPOL_RESYNC_INTERVAL")]
+        resync_interval: Duration,
+        /// Log format on stderr (the level comes from RUST_LOG, default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KUBE_NFTPOL_LOG_FORMAT")]
         log_format: LogFormat,
     },
     /// Delete table `inet kube-nftpol` (and nothing else). Run it after stopping the daemon
@@ -62,7 +104,7 @@ enum Command {
     Cleanup,
     /// Print the nftables ruleset a node would get, in nft syntax, without touching the kernel.
     ///
-    /// Reads Namespace, Pod and NetworkPolicy documents (and Lists of them) from the *.yaml,
+    /// Reads Namespace, Node, Pod and NetworkPolicy documents (and Lists of them) from the *.yaml,
     /// *.yml and *.json files of DIR. Bad documents and bad fields are reported on stderr as
     /// warnings and read fail-closed; the ruleset goes to stdout.
     Render {
@@ -77,6 +119,14 @@ enum Command {
         /// `run` uses it when its start-up probe finds the feature, and logs which shape.
         #[arg(long)]
         concat_ports: bool,
+        /// Print the --fail-closed guard as `run --fail-closed` would commit it (pod CIDRs
+        /// from Node documents in DIR and from --pod-cidr).
+        #[arg(long)]
+        fail_closed: bool,
+        /// A pod CIDR of the node besides its Node document's (what `run` reads from
+        /// Flannel's subnet.env); repeatable.
+        #[arg(long, value_name = "CIDR")]
+        pod_cidr: Vec<ipnet::IpNet>,
     },
 }
 
@@ -93,44 +143,79 @@ fn main() -> ExitCode {
             manifests,
             node_name,
             concat_ports,
+            fail_closed,
+            pod_cidr,
         } => exit(
             render(
                 &manifests,
                 &node_name,
                 Options {
                     concat_ports,
-                    ..Default::default()
+                    fail_closed,
+                    pod_cidrs: pod_cidr,
                 },
             ),
             2,
         ),
         Command::Run {
             node_name,
+            kubeconfig,
             manifests,
+            metrics_addr,
+            fail_closed,
+            flannel_subnet_env,
             status_file,
             debounce,
             drift_check_interval,
+            resync_interval,
             log_format,
         } => {
             init_logging(log_format);
-            // An unreadable source is a usage error, reported before anything else happens.
-            if let Err(e) = std::fs::read_dir(&manifests) {
-                eprintln!(
-                    "error: cannot read manifests directory {}: {e}",
-                    manifests.display()
-                );
+            if node_name.trim().is_empty() {
+                eprintln!("error: --node-name (or NODE_NAME) is empty");
                 return ExitCode::from(2);
             }
+            // An unreadable source or a bad address is a usage error, reported before
+            // anything else happens.
+            let source = match manifests {
+                Some(dir) => {
+                    if let Err(e) = std::fs::read_dir(&dir) {
+                        eprintln!(
+                            "error: cannot read manifests directory {}: {e}",
+                            dir.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                    daemon::Source::Manifests(dir)
+                }
+                None => daemon::Source::Kube { kubeconfig },
+            };
+            let metrics_addr = match metrics_addr.trim() {
+                "" => None,
+                text => match text.parse() {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        eprintln!("error: --metrics-addr {text:?}: {e} (use HOST:PORT, or an empty value for none)");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             let config = daemon::Config {
-                node_name,
-                manifests,
                 status_file,
                 debounce,
                 drift_check_interval,
-                proc_sys: PathBuf::from("/proc/sys"),
+                resync_interval,
+                metrics_addr,
+                fail_closed,
+                flannel_subnet_env,
+                ..daemon::Config::new(&node_name, source)
             };
             match daemon::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ daemon::Error::Usage(_)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     tracing::error!(reason = e.metric_label(), "{e}");
                     ExitCode::from(1)

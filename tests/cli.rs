@@ -18,10 +18,18 @@ fn render_prints_each_scenarios_golden_ruleset_and_its_warnings() {
     let mut checked = 0;
     for dir in dirs.iter().filter(|d| d.join("expected.nft").exists()) {
         let node = std::fs::read_to_string(dir.join("node")).expect("node file");
+        // The words of the scenario's `options` file are `render` flags.
+        let options = std::fs::read_to_string(dir.join("options")).unwrap_or_default();
+        let flags = options
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("--{l}"));
         let out = bin()
             .args(["render", "--manifests"])
             .arg(dir.join("input"))
             .args(["--node-name", node.trim()])
+            .args(flags)
             .output()
             .expect("binary runs");
         assert!(

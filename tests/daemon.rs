@@ -52,6 +52,12 @@ impl Node {
             .expect("ip runs")
             .success();
         assert!(ok, "ip netns add {ns}");
+        let ok = Command::new("ip")
+            .args(["-n", &ns, "link", "set", "lo", "up"])
+            .status()
+            .expect("ip runs")
+            .success();
+        assert!(ok, "lo up in {ns}");
         Node {
             status: base.join("status"),
             log: base.join("daemon.log"),
@@ -66,6 +72,14 @@ impl Node {
     }
 
     fn start(&mut self, extra: &[&str]) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut args = vec!["--manifests", &dir];
+        args.extend(extra);
+        self.start_raw(&args);
+    }
+
+    /// The daemon with exactly these flags besides the node name and status file.
+    fn start_raw(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -80,9 +94,7 @@ impl Node {
                 "run",
                 "--node-name",
                 "node-a",
-                "--manifests",
             ])
-            .arg(&self.dir)
             .arg("--status-file")
             .arg(&self.status)
             .args(extra)
@@ -363,6 +375,183 @@ fn bridge_netfilter_is_turned_on_and_drift_is_repaired() {
     );
 }
 
+/// `GET path` from inside the node's network namespace: (status code, body).
+fn http_get(node: &Node, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let ns = node.path();
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).ok()?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Polls until `GET path` answers, for at most 5 s.
+fn http_wait(node: &Node, port: u16, path: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = http_get(node, port, path) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing serves {path}; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of one sample line of the metrics text, by its exact name and labels.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_health_and_readiness_follow_the_syncs() {
+    let mut node = Node::new("007-db-only-from-backend");
+    node.start(&["--metrics-addr", "127.0.0.1:9476"]);
+    node.wait_converged();
+    // Ready once the first full sync is committed (the status file is written right after).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_wait(&node, 9476, "/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_wait(&node, 9476, "/healthz"), (200, "ok\n".into()));
+    let (code, m) = http_wait(&node, 9476, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&m, "kube_nftpol_syncs_total{kind=\"full\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "kube_nftpol_ready"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "kube_nftpol_bridge_netfilter{family=\"ipv4\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    // 007: db isolated for ingress (one address) → one dispatch element.
+    assert!(
+        sample(&m, "kube_nftpol_local_targets").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "kube_nftpol_peer_set_elements").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "kube_nftpol_last_sync_timestamp_seconds").is_some_and(|v| v > 1.7e9),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "kube_nftpol_event_to_commit_seconds_count"),
+        Some(0.0),
+        "{m}"
+    );
+
+    node.write("extra.yaml", EXTRA_BACKEND);
+    node.wait_converged();
+    let (_, m) = http_wait(&node, 9476, "/metrics");
+    assert_eq!(
+        sample(&m, "kube_nftpol_syncs_total{kind=\"incremental\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "kube_nftpol_event_to_commit_seconds_count"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(http_wait(&node, 9476, "/nope").0, 404);
+}
+
+#[test]
+fn an_unreachable_api_server_keeps_the_previous_rules_and_is_not_ready() {
+    let mut node = Node::new("007-db-only-from-backend");
+    node.start(&[]);
+    node.wait_converged();
+    let before = normalised_listing(&node.path());
+    node.signal("-TERM");
+
+    // Nothing listens on port 1: every watch fails and retries.
+    let kubeconfig = node.dir.with_file_name("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+         clusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}}]\n\
+         users: [{name: u, user: {token: t}}]\n\
+         contexts: [{name: x, context: {cluster: c, user: u}}]\n",
+    )
+    .expect("kubeconfig");
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    node.start_raw(&[
+        "--kubeconfig",
+        &kubeconfig,
+        "--metrics-addr",
+        "127.0.0.1:9476",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, m) = http_wait(&node, 9476, "/metrics");
+        let restarts: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("kube_nftpol_watch_restarts_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if restarts >= 4.0 {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no watch restarts counted:\n{m}\nlog:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        sample(&metrics, "kube_nftpol_ready"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let (code, body) = http_wait(&node, 9476, "/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("first full sync"), "{body}");
+    assert_eq!(http_wait(&node, 9476, "/healthz").0, 200);
+    assert_eq!(
+        normalised_listing(&node.path()),
+        before,
+        "the rules stay in force"
+    );
+    assert!(node.log().contains("watch failed"), "{}", node.log());
+    let status = node.signal("-TERM");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(normalised_listing(&node.path()), before, "and after exit");
+}
+
 #[test]
 fn usage_errors_exit_2_with_one_line() {
     let out = Command::new(BIN)
@@ -395,4 +584,40 @@ fn usage_errors_exit_2_with_one_line() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2), "bad duration");
+
+    let one_line_exit_2 = |args: &[&str], needle: &str| {
+        let out = Command::new(BIN)
+            .args(["run", "--node-name", "n"])
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    one_line_exit_2(
+        &["--kubeconfig", "/nonexistent/kubeconfig"],
+        "/nonexistent/kubeconfig",
+    );
+    one_line_exit_2(&[], "not running in a cluster");
+    one_line_exit_2(
+        &["--manifests", "/tmp", "--metrics-addr", "nowhere"],
+        "--metrics-addr",
+    );
+    // clap's own usage errors take a few lines (the error, the usage, a hint).
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--node-name",
+            "n",
+            "--manifests",
+            "/tmp",
+            "--kubeconfig",
+            "/tmp/k",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "one source only");
 }

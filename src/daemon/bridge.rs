@@ -16,6 +16,14 @@ pub struct Report {
     pub enabled: Vec<String>,
 }
 
+/// Whether each of [`SYSCTLS`] is 1 now (a missing sysctl is off).
+pub fn state(proc_sys: &Path) -> [bool; 2] {
+    SYSCTLS.map(|name| {
+        std::fs::read_to_string(proc_sys.join("net/bridge").join(name))
+            .is_ok_and(|v| v.trim() == "1")
+    })
+}
+
 /// Makes sure both sysctls under `proc_sys` (normally `/proc/sys`) are 1, loading the module
 /// with `modprobe` (a program name or path) if they do not exist yet.
 pub fn ensure(proc_sys: &Path, modprobe: &str) -> Result<Report, String> {

@@ -2,48 +2,101 @@
 //! coalesces bursts, compiles and hands the ruleset to the dataplane.
 //!
 //! ```text
-//!  manifests watcher ─┐  Change / InitDone
-//!  signals ───────────┼──────────────────────► state loop ──► compile ──► dataplane ──► kernel
-//!                     │                         (Cluster)      (node)      (one transaction)
+//!  kube watchers or ─┐  Change / Reset / InitDone
+//!  manifests watcher │
+//!  signals ──────────┼──────────────────────► state loop ──► compile ──► dataplane ──► kernel
+//!                    │                         (Cluster)      (node)      (one transaction)
+//!  /metrics /healthz /readyz ◄── metrics + health ◄──┘
 //! ```
 //!
-//! - Nothing is written before the source's first complete read (InitDone): the rules of a
-//!   previous run stay in force meanwhile, and a half-read directory never opens or closes
-//!   the wrong doors.
+//! - Nothing is written before the source's first complete read (InitDone: every watch
+//!   listed once, or the directory read once): the rules of a previous run stay in force
+//!   meanwhile, and a half-read state never opens or closes the wrong doors. While the API
+//!   server is unreachable, the last committed ruleset stays in force and watches retry.
 //! - A burst of changes becomes one sync: the loop waits until the source has been quiet for
 //!   the debounce time (20 ms by default), or at most ten times that since the first change.
 //! - Each sync logs its trigger, kind (full / incremental / unchanged), size, and the time from
 //!   the first change being read to the kernel's acknowledgement.
-//! - A failed sync is retried with backoff, as a full replace. SIGHUP forces a full replace
-//!   now; SIGTERM/SIGINT exit, leaving the rules in force (`kube-nftpol cleanup` removes them).
+//! - A failed sync is retried with backoff, as a full replace. Every `--resync-interval` and
+//!   on SIGHUP the table is replaced whole; every `--drift-check-interval` it is compared with
+//!   what was committed. SIGTERM/SIGINT exit, leaving the rules in force (`kube-nftpol
+//!   cleanup` removes them).
+//! - Every few seconds the loop checks bridge netfilter again (turning it back on if someone
+//!   turned it off, and saying so loudly) and beats the `/healthz` heartbeat.
 
 pub mod bridge;
+pub mod http;
+pub mod metrics;
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
-use crate::compile::{compile_with, fnv1a64, Options};
-use crate::dataplane::{probe, Dataplane};
-use crate::model::Cluster;
+use crate::compile::{compile_with, fnv1a64, guarded_cidrs, Options};
+use crate::dataplane::{probe, Dataplane, SyncKind};
+use crate::model::{Cluster, Diagnostic};
 use crate::render::text;
-use crate::sources::watch::{Change, Watcher};
+use crate::ruleset::Ruleset;
+use crate::sources::watch::Watcher;
+use crate::sources::{self, Change, Update};
+use metrics::Shared;
 
 /// How often the manifests directory is scanned.
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the state loop turns at least: heartbeat and bridge netfilter check.
+pub const TICK: Duration = Duration::from_secs(5);
+
+/// Where the cluster state comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Manifests(PathBuf),
+    /// The API server: from a kubeconfig file, or the in-cluster service account.
+    Kube {
+        kubeconfig: Option<PathBuf>,
+    },
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub node_name: String,
-    pub manifests: PathBuf,
+    pub source: Source,
     /// Written after every successful sync: the FNV-1a-64 of the committed ruleset's text.
     pub status_file: Option<PathBuf>,
     pub debounce: Duration,
     pub drift_check_interval: Duration,
+    /// A full replace of the table this often (besides SIGHUP).
+    pub resync_interval: Duration,
     /// Where the `net.bridge.*` sysctls live (tests point it elsewhere).
     pub proc_sys: PathBuf,
+    /// `/metrics`, `/healthz`, `/readyz`; `None` serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
+    pub fail_closed: bool,
+    /// Flannel's `subnet.env`: `FLANNEL_SUBNET`/`FLANNEL_IPV6_SUBNET` are pod CIDRs of this
+    /// node for `--fail-closed`, besides the Node object's.
+    pub flannel_subnet_env: PathBuf,
+}
+
+impl Config {
+    /// Defaults of every flag, for `node_name` reading `source`.
+    pub fn new(node_name: &str, source: Source) -> Config {
+        Config {
+            node_name: node_name.to_string(),
+            source,
+            status_file: None,
+            debounce: Duration::from_millis(20),
+            drift_check_interval: Duration::from_secs(300),
+            resync_interval: Duration::from_secs(1800),
+            proc_sys: PathBuf::from("/proc/sys"),
+            metrics_addr: None,
+            fail_closed: false,
+            flannel_subnet_env: PathBuf::from("/run/flannel/subnet.env"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +109,11 @@ pub enum Error {
     Netlink(crate::dataplane::netlink::Error),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    /// Bad configuration (kubeconfig, metrics address): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl Error {
@@ -65,6 +123,8 @@ impl Error {
             Error::Kernel(_) => "kernel_probe",
             Error::Netlink(_) => "netlink",
             Error::Signals(_) => "signals",
+            Error::Usage(_) => "usage",
+            Error::Runtime(_) => "runtime",
         }
     }
 }
@@ -78,7 +138,36 @@ pub enum Event {
     },
     /// The source has delivered its complete initial state.
     InitDone,
+    WatchError {
+        resource: &'static str,
+        error: String,
+    },
     Signal(i32),
+}
+
+impl Event {
+    fn from_update(update: Update) -> Event {
+        match update {
+            Update::Change(change) => Event::Change {
+                change,
+                read_at: Instant::now(),
+            },
+            Update::InitDone => Event::InitDone,
+            Update::WatchError { resource, error } => Event::WatchError { resource, error },
+        }
+    }
+}
+
+/// One committed sync, as reported to [`StateLoop::reports`] (the load bench listens).
+#[derive(Clone, Debug)]
+pub struct SyncReport {
+    pub trigger: &'static str,
+    pub kind: SyncKind,
+    pub events: usize,
+    /// From the first change being read to the kernel's acknowledgement.
+    pub latency: Duration,
+    pub compile: Duration,
+    pub apply: Duration,
 }
 
 /// Changes waiting for a sync.
@@ -91,6 +180,30 @@ struct Pending {
 
 /// Runs until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<(), Error> {
+    let shared = Shared::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    // Configuration errors first, before anything touches the node.
+    let client = match &config.source {
+        Source::Kube { kubeconfig } => Some(
+            runtime
+                .block_on(sources::kube::client(kubeconfig.as_deref()))
+                .map_err(|e| Error::Usage(e.to_string()))?,
+        ),
+        Source::Manifests(_) => None,
+    };
+    let listener = match config.metrics_addr {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| Error::Usage(format!("--metrics-addr {addr}: {e}")))?;
+            Some(l)
+        }
+        None => None,
+    };
+
     match bridge::ensure(&config.proc_sys, "modprobe") {
         Ok(r) => {
             if r.loaded_module {
@@ -115,12 +228,53 @@ pub fn run(config: Config) -> Result<(), Error> {
         "kernel probe: every object and rule shape of the ruleset is accepted"
     );
     let dataplane = Dataplane::new().map_err(Error::Netlink)?;
+    let options = Options {
+        fail_closed: config.fail_closed,
+        ..features.options()
+    };
 
     let (tx, rx) = mpsc::channel();
     spawn_signals(tx.clone())?;
-    spawn_manifests(config.manifests.clone(), tx);
-    info!(node = %config.node_name, manifests = %config.manifests.display(), "started; waiting for the initial state");
-    StateLoop::new(config, dataplane, features.options()).run(rx);
+    match &config.source {
+        Source::Manifests(dir) => spawn_manifests(dir.clone(), tx.clone()),
+        Source::Kube { .. } => {}
+    }
+    let node = config.node_name.clone();
+    let async_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("async".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                if let Some(l) = listener {
+                    match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => {
+                            if let Ok(addr) = l.local_addr() {
+                                info!(%addr, "serving /metrics, /healthz and /readyz");
+                            }
+                            tokio::spawn(http::serve(l, async_shared));
+                        }
+                        Err(e) => error!("cannot serve metrics: {e}"),
+                    }
+                }
+                match client {
+                    Some(client) => {
+                        sources::kube::run(client, node, |u| tx.send(Event::from_update(u)).is_ok())
+                            .await
+                    }
+                    None => std::future::pending().await,
+                }
+            })
+        })
+        .map_err(Error::Runtime)?;
+    let source = match &config.source {
+        Source::Manifests(dir) => format!("manifests {}", dir.display()),
+        Source::Kube {
+            kubeconfig: Some(p),
+        } => format!("kubeconfig {}", p.display()),
+        Source::Kube { kubeconfig: None } => "in-cluster API server".to_string(),
+    };
+    info!(node = %config.node_name, %source, fail_closed = config.fail_closed, "started; waiting for the initial state");
+    StateLoop::new(config, dataplane, options, shared).run(rx);
     Ok(())
 }
 
@@ -189,29 +343,49 @@ fn spawn_manifests(dir: PathBuf, tx: Sender<Event>) {
     }
 }
 
-struct StateLoop {
+/// The daemon's state: the cluster as the sources describe it, what is pending, and the
+/// dataplane. Public so that the load bench drives the very same path.
+pub struct StateLoop {
     config: Config,
     options: Options,
     dataplane: Dataplane,
+    shared: Shared,
     cluster: Cluster,
     ready: bool,
+    synced_once: bool,
     pending: Option<Pending>,
     next_drift_check: Instant,
+    next_resync: Instant,
+    next_tick: Instant,
     retry: Option<(Instant, Duration)>,
+    /// Diagnostics already logged: each is logged once, not at every sync.
+    logged: BTreeSet<Diagnostic>,
+    fail_closed_warned: bool,
+    bridge_warned: bool,
+    /// Where to send a [`SyncReport`] after each committed sync.
+    pub reports: Option<Sender<SyncReport>>,
 }
 
 impl StateLoop {
-    fn new(config: Config, dataplane: Dataplane, options: Options) -> Self {
-        let next_drift_check = Instant::now() + config.drift_check_interval;
+    pub fn new(config: Config, dataplane: Dataplane, options: Options, shared: Shared) -> Self {
+        let now = Instant::now();
         StateLoop {
+            next_drift_check: now + config.drift_check_interval,
+            next_resync: now + config.resync_interval,
+            next_tick: now,
             config,
             options,
             dataplane,
+            shared,
             cluster: Cluster::default(),
             ready: false,
+            synced_once: false,
             pending: None,
-            next_drift_check,
             retry: None,
+            logged: BTreeSet::new(),
+            fail_closed_warned: false,
+            bridge_warned: false,
+            reports: None,
         }
     }
 
@@ -240,69 +414,184 @@ impl StateLoop {
         })
     }
 
-    fn run(mut self, rx: Receiver<Event>) {
+    /// Handles events until SIGTERM/SIGINT or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Event>) {
         loop {
             let now = Instant::now();
-            let mut wake = self.next_drift_check;
+            let mut wake = self
+                .next_drift_check
+                .min(self.next_resync)
+                .min(self.next_tick);
             if let Some(due) = self.sync_due() {
                 wake = wake.min(due);
             }
             match rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Event::Change { change, read_at }) => {
-                    self.apply(change);
-                    self.note("change", read_at);
-                }
-                Ok(Event::InitDone) => {
-                    info!(
-                        objects = self.cluster.pods().count()
-                            + self.cluster.policies().count()
-                            + self.cluster.namespaces().count(),
-                        "initial state read"
-                    );
-                    self.ready = true;
-                    self.note("initial", Instant::now());
-                    if let Some(p) = self.pending.as_mut() {
-                        p.trigger = "initial";
-                    }
-                }
-                Ok(Event::Signal(s)) if s == signal_hook::consts::SIGHUP => {
-                    info!("SIGHUP: full resync");
-                    self.dataplane.force_full("SIGHUP");
-                    self.note("SIGHUP", Instant::now());
-                }
-                Ok(Event::Signal(s)) => {
+                Ok(Event::Signal(s)) if s != signal_hook::consts::SIGHUP => {
                     info!(
                         signal = s,
                         "exiting; the rules stay in force (`kube-nftpol cleanup` removes them)"
                     );
                     return;
                 }
+                Ok(event) => self.handle(event),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     error!("all sources stopped; exiting with the rules in force");
                     return;
                 }
             }
-            let now = Instant::now();
-            if self.sync_due().is_some_and(|due| due <= now) {
-                self.sync();
+            self.turn();
+        }
+    }
+
+    /// Takes one event into the state (a sync happens later, in [`StateLoop::turn`]).
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Change { change, read_at } => {
+                self.apply(change);
+                self.note("change", read_at);
             }
-            if now >= self.next_drift_check {
-                self.next_drift_check = now + self.config.drift_check_interval;
-                self.check_drift();
+            Event::InitDone => {
+                info!(
+                    namespaces = self.cluster.namespaces().count(),
+                    pods = self.cluster.pods().count(),
+                    policies = self.cluster.policies().count(),
+                    "initial state read"
+                );
+                self.ready = true;
+                self.note("initial", Instant::now());
+                if let Some(p) = self.pending.as_mut() {
+                    p.trigger = "initial";
+                }
+            }
+            Event::WatchError { resource, error } => {
+                self.shared
+                    .metrics
+                    .watch_restarts
+                    .get_or_create(&vec![("resource", resource)])
+                    .inc();
+                warn!(
+                    resource,
+                    "watch failed: {error}; retrying, the last committed rules stay in force"
+                );
+            }
+            Event::Signal(s) if s == signal_hook::consts::SIGHUP => {
+                info!("SIGHUP: full resync");
+                self.dataplane.force_full("SIGHUP");
+                self.note("SIGHUP", Instant::now());
+            }
+            Event::Signal(_) => {}
+        }
+    }
+
+    /// Does what is due: a sync, a drift check, a resync, the heartbeat.
+    pub fn turn(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.tick();
+        }
+        if self.sync_due().is_some_and(|due| due <= now) {
+            self.sync();
+        }
+        if now >= self.next_drift_check {
+            self.next_drift_check = now + self.config.drift_check_interval;
+            self.check_drift();
+        }
+        if now >= self.next_resync {
+            self.next_resync = now + self.config.resync_interval;
+            if self.synced_once {
+                self.dataplane.force_full("periodic resync");
+                self.note("resync", now);
             }
         }
     }
 
-    fn apply(&mut self, change: Change) {
-        match change {
-            Change::Apply(object) => {
-                for d in self.cluster.apply(&object) {
-                    warn!(object = %d.object, field = %d.field, "{d}");
+    /// The time of the next due work, if a sync is pending; tests and the bench use it.
+    pub fn sync_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn tick(&mut self) {
+        self.shared.health.beat();
+        let on = bridge::state(&self.config.proc_sys);
+        for (name, on) in ["ipv4", "ipv6"].into_iter().zip(on) {
+            self.shared
+                .metrics
+                .bridge_netfilter
+                .get_or_create(&vec![("family", name)])
+                .set(i64::from(on));
+        }
+        if on.iter().all(|x| *x) {
+            if self.bridge_warned {
+                info!("bridge netfilter is on again");
+                self.bridge_warned = false;
+            }
+            self.shared.health.set_bridge_ok(true);
+        } else {
+            // Someone turned it off (or unloaded br_netfilter): same-node traffic bypasses
+            // every policy until it is back.
+            match bridge::ensure(&self.config.proc_sys, "modprobe") {
+                Ok(_) => {
+                    warn!("bridge netfilter had been turned off; turned it back on");
+                    self.shared.health.set_bridge_ok(true);
+                }
+                Err(e) => {
+                    if !self.bridge_warned {
+                        error!("{e}; not ready until it is back");
+                    }
+                    self.bridge_warned = true;
+                    self.shared.health.set_bridge_ok(false);
                 }
             }
-            Change::Delete(object) => self.cluster.delete(&object),
         }
+        self.shared
+            .metrics
+            .ready
+            .set(i64::from(self.shared.health.ready()));
+    }
+
+    fn apply(&mut self, change: Change) {
+        let diags = match change {
+            Change::Apply(object) => self.cluster.apply(&object),
+            Change::Delete(object) => {
+                self.cluster.delete(&object);
+                vec![]
+            }
+            Change::Reset(kind, objects) => {
+                debug!(kind = kind.as_str(), objects = objects.len(), "re-listed");
+                self.cluster.reset(kind, &objects)
+            }
+        };
+        for d in diags {
+            warn!(object = %d.object, field = %d.field, "{d}");
+        }
+    }
+
+    fn options(&mut self) -> Options {
+        if !self.config.fail_closed {
+            return self.options.clone();
+        }
+        let mut options = self.options.clone();
+        options.pod_cidrs = flannel_subnets(&self.config.flannel_subnet_env);
+        let guarded = guarded_cidrs(&self.cluster, &self.config.node_name, &options);
+        self.shared
+            .metrics
+            .fail_closed_cidrs
+            .set(guarded.len() as i64);
+        if guarded.is_empty() && !self.fail_closed_warned {
+            error!(
+                node = %self.config.node_name,
+                subnet_env = %self.config.flannel_subnet_env.display(),
+                "--fail-closed: no pod CIDR known for this node (no spec.podCIDRs on its Node \
+                 object, no FLANNEL_SUBNET in the subnet file); new pods are NOT guarded until one is"
+            );
+            self.fail_closed_warned = true;
+        } else if !guarded.is_empty() && self.fail_closed_warned {
+            info!(cidrs = ?guarded, "--fail-closed: guarding the node's pod CIDRs");
+            self.fail_closed_warned = false;
+        }
+        options
     }
 
     fn sync(&mut self) {
@@ -310,9 +599,12 @@ impl StateLoop {
             return;
         };
         let started = Instant::now();
-        let compiled = compile_with(&self.cluster, &self.config.node_name, &self.options);
+        let options = self.options();
+        let compiled = compile_with(&self.cluster, &self.config.node_name, &options);
         for d in &compiled.diagnostics {
-            warn!(object = %d.object, field = %d.field, "{d}");
+            if self.logged.insert(d.clone()) {
+                warn!(object = %d.object, field = %d.field, "{d}");
+            }
         }
         let compile_time = started.elapsed();
         let fingerprint = self
@@ -320,16 +612,28 @@ impl StateLoop {
             .status_file
             .as_ref()
             .map(|_| fnv1a64(text::render(&compiled.ruleset).as_bytes()));
+        self.gauges(&compiled.ruleset);
+        let m = &self.shared.metrics;
         match self.dataplane.apply(compiled.ruleset) {
             Ok(applied) => {
                 self.retry = None;
                 let s = applied.summary;
+                let latency = pending.first_read.elapsed();
+                let kind = applied.kind.as_str();
+                m.syncs.get_or_create(&vec![("kind", kind)]).inc();
+                m.sync_duration
+                    .get_or_create(&vec![("kind", kind)])
+                    .observe((compile_time + applied.elapsed).as_secs_f64());
+                if pending.trigger == "change" {
+                    m.event_to_commit.observe(latency.as_secs_f64());
+                }
+                m.mark_synced();
                 info!(
                     trigger = pending.trigger,
-                    kind = applied.kind.as_str(),
+                    kind,
                     reason = applied.reason.as_deref().unwrap_or(""),
                     events = pending.events,
-                    latency_ms = millis(pending.first_read.elapsed()),
+                    latency_ms = millis(latency),
                     compile_ms = millis(compile_time),
                     apply_ms = millis(applied.elapsed),
                     messages = applied.sent.messages,
@@ -343,8 +647,27 @@ impl StateLoop {
                 if let Some(f) = fingerprint {
                     self.write_status(f);
                 }
+                if !self.synced_once {
+                    self.synced_once = true;
+                    self.shared.health.set_synced();
+                    m.ready.set(i64::from(self.shared.health.ready()));
+                    notify_systemd_ready();
+                }
+                if let Some(tx) = &self.reports {
+                    let _ = tx.send(SyncReport {
+                        trigger: pending.trigger,
+                        kind: applied.kind,
+                        events: pending.events,
+                        latency,
+                        compile: compile_time,
+                        apply: applied.elapsed,
+                    });
+                }
             }
             Err(e) => {
+                m.sync_failures
+                    .get_or_create(&vec![("reason", e.metric_label())])
+                    .inc();
                 let backoff = self.retry.map_or(Duration::from_millis(500), |(_, b)| {
                     (b * 2).min(Duration::from_secs(30))
                 });
@@ -358,11 +681,34 @@ impl StateLoop {
         }
     }
 
+    fn gauges(&self, rs: &Ruleset) {
+        let m = &self.shared.metrics;
+        m.local_targets
+            .set(rs.maps.values().map(|m| m.elements.len() as i64).sum());
+        m.target_chains
+            .set(rs.chains.values().filter(|c| c.hook.is_none()).count() as i64);
+        let peer = |name: &str| {
+            ["pods-", "cidr-", "nport-"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        };
+        m.peer_set_elements.set(
+            rs.sets
+                .iter()
+                .filter(|(n, _)| peer(n))
+                .map(|(_, s)| s.elements.len() as i64)
+                .sum(),
+        );
+        m.policies.set(self.cluster.policies().count() as i64);
+        m.pods.set(self.cluster.pods().count() as i64);
+    }
+
     fn check_drift(&mut self) {
         match self.dataplane.check_drift() {
             Ok(None) => debug!("drift check: the table is as committed"),
             Ok(Some(what)) => {
                 warn!(drift = %what, "the table was changed by someone else; replacing it");
+                self.shared.metrics.drift_repairs.inc();
                 self.note("drift", Instant::now());
             }
             Err(e) => warn!(reason = e.metric_label(), "drift check failed: {e}"),
@@ -379,6 +725,46 @@ impl StateLoop {
     }
 }
 
+/// The pod CIDRs in Flannel's `subnet.env` (`FLANNEL_SUBNET=10.244.1.1/24`, the bridge's
+/// address and prefix; `FLANNEL_IPV6_SUBNET` likewise). A missing or unreadable file is none.
+pub fn flannel_subnets(path: &Path) -> Vec<IpNet> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    parse_subnet_env(&text)
+}
+
+fn parse_subnet_env(text: &str) -> Vec<IpNet> {
+    text.lines()
+        .filter_map(|line| line.trim().split_once('='))
+        .filter(|(k, _)| matches!(k.trim(), "FLANNEL_SUBNET" | "FLANNEL_IPV6_SUBNET"))
+        .filter_map(|(_, v)| v.trim().trim_matches('"').parse::<IpNet>().ok())
+        .map(|n| n.trunc())
+        .collect()
+}
+
+/// `Type=notify` units: tell systemd we are ready (after the first full sync).
+fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| socket.send_to_addr(b"READY=1\n", &addr))
+    } else {
+        socket.send_to(b"READY=1\n", &path)
+    };
+    match sent {
+        Ok(_) => debug!("told systemd we are ready"),
+        Err(e) => warn!("cannot notify systemd: {e}"),
+    }
+}
+
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -387,4 +773,23 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannel_subnet_env_gives_the_pod_cidrs() {
+        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+                    FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n\
+                    FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        let cidrs: Vec<String> = parse_subnet_env(text)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(cidrs, ["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        assert!(parse_subnet_env("FLANNEL_SUBNET=garbage\n").is_empty());
+        assert!(flannel_subnets(Path::new("/nonexistent/subnet.env")).is_empty());
+    }
 }

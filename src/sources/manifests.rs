@@ -1,5 +1,5 @@
 //! A directory of Kubernetes manifests: `*.yaml`, `*.yml` and `*.json` files (not recursive,
-//! hidden files skipped), each with one or more documents of kind `Namespace`, `Pod`,
+//! hidden files skipped), each with one or more documents of kind `Namespace`, `Node`, `Pod`,
 //! `NetworkPolicy`, or a `List` of them.
 //!
 //! A document that does not parse, or has a kind kube-nftpol does not read, is a [`Problem`]

@@ -15,13 +15,7 @@ use std::time::SystemTime;
 use super::manifests::{is_manifest, parse_file, Error, Problem};
 use crate::model::{Object, ObjectRef};
 
-/// A change to the cluster state the directory describes.
-#[derive(Clone, Debug)]
-pub enum Change {
-    /// Boxed: objects are large and travel through a channel.
-    Apply(Box<Object>),
-    Delete(ObjectRef),
-}
+pub use super::Change;
 
 /// What one scan found.
 #[derive(Debug, Default)]
@@ -204,6 +198,7 @@ mod tests {
             .map(|c| match c {
                 Change::Apply(o) => format!("apply {}", o.object_ref()),
                 Change::Delete(r) => format!("delete {r}"),
+                Change::Reset(k, objects) => format!("reset {k} ({})", objects.len()),
             })
             .collect()
     }
