@@ -483,3 +483,56 @@ impl Cluster {
 fn implicit_namespace_labels(name: &str) -> Labels {
     Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str, ip: &str) -> Object {
+        let text = format!(
+            r#"{{"metadata": {{"name": "{name}", "namespace": "{ns}"}},
+                "spec": {{"nodeName": "node-a", "containers": []}},
+                "status": {{"phase": "Running", "podIPs": [{{"ip": "{ip}"}}]}}}}"#
+        );
+        Object::Pod(serde_json::from_str(&text).expect("pod json"))
+    }
+
+    fn namespace(name: &str) -> Object {
+        let text = format!(r#"{{"metadata": {{"name": "{name}"}}}}"#);
+        Object::Namespace(serde_json::from_str(&text).expect("namespace json"))
+    }
+
+    #[test]
+    fn a_reset_replaces_one_kind_and_drops_what_is_gone() {
+        let (mut cluster, _) = Cluster::from_objects([
+            namespace("a"),
+            namespace("b"),
+            pod("a", "p1", "10.0.0.1"),
+            pod("a", "p2", "10.0.0.2"),
+        ]);
+        // A re-list of pods: p1 is gone, p2 moved, p3 is new.
+        let diags = cluster.reset(
+            Kind::Pod,
+            &[
+                pod("a", "p2", "10.0.0.22"),
+                pod("b", "p3", "10.0.0.3"),
+                namespace("c"),
+            ],
+        );
+        assert!(diags.is_empty());
+        let pods: Vec<(String, Vec<IpAddr>)> = cluster
+            .pods()
+            .map(|p| (p.name.clone(), p.ips.clone()))
+            .collect();
+        assert_eq!(
+            pods,
+            [
+                ("p2".to_string(), vec!["10.0.0.22".parse().expect("ip")]),
+                ("p3".to_string(), vec!["10.0.0.3".parse().expect("ip")]),
+            ]
+        );
+        // Other kinds are untouched, and objects of other kinds in the list are ignored.
+        let namespaces: Vec<&str> = cluster.namespaces().map(|n| n.name.as_str()).collect();
+        assert_eq!(namespaces, ["a", "b"]);
+    }
+}
