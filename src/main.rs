@@ -85,7 +85,7 @@ enum Command {
         #[arg(long, value_name = "PATH", env = "KUBE_NFTPOL_STATUS_FILE")]
         status_file: Option<PathBuf>,
         /// Quiet time that ends a burst of changes before they are synced (at most ten times
-        /// this after the first change).
+        /// this after the first change); a lone change after a quiet period is synced at once.
         #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration, env = "KUBE_NFTPOL_DEBOUNCE")]
         debounce: Duration,
         /// How often the kernel's copy of the table is compared with what was committed, and

@@ -13,8 +13,11 @@
 //!   listed once, or the directory read once): the rules of a previous run stay in force
 //!   meanwhile, and a half-read state never opens or closes the wrong doors. While the API
 //!   server is unreachable, the last committed ruleset stays in force and watches retry.
-//! - A burst of changes becomes one sync: the loop waits until the source has been quiet for
-//!   the debounce time (20 ms by default), or at most ten times that since the first change.
+//! - A lone change is synced at once (leading edge: the first change after a quiet period
+//!   does not wait). What arrives while a sync runs, or right after it, is a burst and
+//!   becomes one sync: the loop waits until the source has been quiet for the debounce time
+//!   (20 ms by default), or at most ten times that since the first change. Events already
+//!   queued are always taken together, so no sync sees half of a directory scan.
 //! - Each sync logs its trigger, kind (full / incremental / unchanged), size, and the time from
 //!   the first change being read to the kernel's acknowledgement.
 //! - A failed sync is retried with backoff, as a full replace. Every `--resync-interval` and
@@ -176,6 +179,9 @@ struct Pending {
     first_read: Instant,
     last_event: Instant,
     events: usize,
+    /// The first change after a quiet period: synced at once (leading edge), without
+    /// waiting for the debounce; what arrives while that sync runs is debounced.
+    leading: bool,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -358,6 +364,8 @@ pub struct StateLoop {
     next_resync: Instant,
     next_tick: Instant,
     retry: Option<(Instant, Duration)>,
+    /// When the last sync ended.
+    last_sync: Option<Instant>,
     /// Diagnostics already logged: each is logged once, not at every sync.
     logged: BTreeSet<Diagnostic>,
     fail_closed_warned: bool,
@@ -382,6 +390,7 @@ impl StateLoop {
             synced_once: false,
             pending: None,
             retry: None,
+            last_sync: None,
             logged: BTreeSet::new(),
             fail_closed_warned: false,
             bridge_warned: false,
@@ -391,11 +400,15 @@ impl StateLoop {
 
     fn note(&mut self, trigger: &'static str, read_at: Instant) {
         let now = Instant::now();
+        let quiet = self
+            .last_sync
+            .is_none_or(|t| now.duration_since(t) >= self.config.debounce);
         let p = self.pending.get_or_insert(Pending {
             trigger,
             first_read: read_at,
             last_event: now,
             events: 0,
+            leading: quiet,
         });
         p.events += 1;
         p.last_event = now;
@@ -407,7 +420,11 @@ impl StateLoop {
         let p = self.pending.as_ref().filter(|_| self.ready)?;
         let quiet = p.last_event + self.config.debounce;
         let cap = p.first_read + self.config.debounce * 10;
-        let due = quiet.min(cap);
+        let due = if p.leading {
+            p.last_event
+        } else {
+            quiet.min(cap)
+        };
         Some(match self.retry {
             Some((at, _)) => due.max(at),
             None => due,
@@ -433,7 +450,21 @@ impl StateLoop {
                     );
                     return;
                 }
-                Ok(event) => self.handle(event),
+                Ok(event) => {
+                    self.handle(event);
+                    // Everything already queued belongs to the same moment (a directory
+                    // scan, events that arrived during the last sync): take it all before
+                    // syncing, so no sync sees half of it.
+                    while let Ok(event) = rx.try_recv() {
+                        if let Event::Signal(s) = event {
+                            if s != signal_hook::consts::SIGHUP {
+                                info!(signal = s, "exiting; the rules stay in force (`kube-nftpol cleanup` removes them)");
+                                return;
+                            }
+                        }
+                        self.handle(event);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     error!("all sources stopped; exiting with the rules in force");
@@ -679,6 +710,7 @@ impl StateLoop {
                 });
             }
         }
+        self.last_sync = Some(Instant::now());
     }
 
     fn gauges(&self, rs: &Ruleset) {
