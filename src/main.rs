@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, env = "KUBE_NFTPOL_FAIL_CLOSED")]
         fail_closed: bool,
         /// Flannel's subnet file: its FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET are pod CIDRs of
-        /// this node for --fail-closed (read at every sync; a missing file is fine).
+        /// this node for --fail-closed (checked every 5 s; a missing file is fine).
         #[arg(
             long,
             value_name = "PATH",

@@ -18,6 +18,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
+
 use crate::netns::Netns;
 use crate::servers::{Ports, Servers};
 
@@ -65,6 +67,28 @@ pub fn pod_v4(node: usize, host: u8) -> Ipv4Addr {
 /// `fd00:10:244:<n>::<host>`, the host part written with the same digits as in IPv4.
 pub fn pod_v6(node: usize, host: u8) -> Ipv6Addr {
     parse6(&format!("fd00:10:244:{}::{host}", cidr_index(node)))
+}
+
+/// Node `i`'s pod CIDRs: 10.244.<n>.0/24 and fd00:10:244:<n>::/64 (what its Node object's
+/// `spec.podCIDRs`, or Flannel's `subnet.env`, says).
+pub fn pod_cidrs(i: usize) -> [IpNet; 2] {
+    let n = cidr_index(i);
+    [format!("10.244.{n}.0/24"), format!("fd00:10:244:{n}::/64")].map(|text| {
+        text.parse()
+            .unwrap_or_else(|e| panic!("bad CIDR {text}: {e}"))
+    })
+}
+
+/// Every address node `i` has (node IPs, `cni0`, `flannel.1`): traffic from these is the
+/// node's own.
+pub fn node_own_addrs(i: usize) -> [IpAddr; 5] {
+    [
+        node_v4(i).into(),
+        node_v6(i).into(),
+        cni_v4(i).into(),
+        cni_v6(i).into(),
+        vtep_v4(i).into(),
+    ]
 }
 
 fn parse6(text: &str) -> Ipv6Addr {

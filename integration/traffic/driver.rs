@@ -8,6 +8,10 @@
 //! - `render` (stand-in until `run` exists): [`Driver::sync`] renders each node's ruleset
 //!   with the library and replaces the table atomically with `nft -f`.
 //!
+//! A node whose daemon runs with `--fail-closed` ([`Target::fail_closed`]) has its text
+//! compiled with the guard: the pod CIDRs of its Node object (from the manifests) plus the
+//! ones the harness wrote into its `--flannel-subnet-env` file.
+//!
 //! `KNP_TRAFFIC_DRIVER=render|daemon` chooses; without it, `daemon` when the binary has a
 //! `run` subcommand, else `render` (said loudly on stderr).
 
@@ -18,7 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kube_nftpol::compile::{compile_with, fnv1a64};
+use ipnet::IpNet;
+use kube_nftpol::compile::{compile_with, fnv1a64, Options};
 use kube_nftpol::model::Cluster as Model;
 use kube_nftpol::render::text;
 use kube_nftpol::sources::manifests;
@@ -75,11 +80,9 @@ pub fn kind() -> Kind {
     })
 }
 
-/// The nft text `kube-nftpol render --manifests dir --node-name node` prints, computed with
-/// the library. The harness writes only valid manifests: any problem is a harness bug.
 /// The ruleset shape `kube-nftpol run` picks on this kernel (its start-up probe, run once).
-pub fn kernel_options() -> kube_nftpol::compile::Options {
-    static OPTIONS: std::sync::OnceLock<kube_nftpol::compile::Options> = std::sync::OnceLock::new();
+pub fn kernel_options() -> Options {
+    static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
     OPTIONS
         .get_or_init(|| {
             std::thread::spawn(|| {
@@ -95,7 +98,13 @@ pub fn kernel_options() -> kube_nftpol::compile::Options {
         .clone()
 }
 
-pub fn expected_text(dir: &Path, node: &str) -> String {
+/// The nft text `kube-nftpol run` commits for `target` on the manifests in `dir`, computed
+/// with the library: the kernel's shape, plus the `--fail-closed` guard when the target's
+/// daemon runs with it (its pod CIDRs: the Node object's, read from `dir` by the library,
+/// plus the ones the harness wrote into the daemon's `--flannel-subnet-env` file). The
+/// harness writes only valid manifests: any problem is a harness bug.
+pub fn expected_text(dir: &Path, target: &Target) -> String {
+    let node = target.node.as_str();
     let loaded =
         manifests::load_dir(dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
     assert!(
@@ -104,7 +113,16 @@ pub fn expected_text(dir: &Path, node: &str) -> String {
         loaded.problems
     );
     let (model, diagnostics) = Model::from_objects(loaded.objects);
-    let compiled = compile_with(&model, node, &kernel_options());
+    let options = Options {
+        fail_closed: target.fail_closed,
+        pod_cidrs: if target.fail_closed {
+            target.subnet_env_cidrs.clone()
+        } else {
+            Vec::new()
+        },
+        ..kernel_options()
+    };
+    let compiled = compile_with(&model, node, &options);
     let all: Vec<String> = diagnostics
         .iter()
         .chain(&compiled.diagnostics)
@@ -125,6 +143,13 @@ pub fn status_line(text: &str) -> String {
 pub struct Target {
     pub node: String,
     pub netns: String,
+    /// More flags for this node's `kube-nftpol run` (after the scenario's common ones).
+    pub args: Vec<String>,
+    /// Its daemon runs with `--fail-closed`.
+    pub fail_closed: bool,
+    /// The pod CIDRs in the file its daemon reads as `--flannel-subnet-env` (as the
+    /// network, e.g. 10.244.2.0/24 for `FLANNEL_SUBNET=10.244.2.1/24`).
+    pub subnet_env_cidrs: Vec<IpNet>,
 }
 
 struct Daemon {
@@ -199,6 +224,7 @@ impl Driver {
                 .arg("--status-file")
                 .arg(&status)
                 .args(&self.extra_args)
+                .args(&target.args)
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -264,7 +290,7 @@ impl Driver {
         match self.kind {
             Kind::Render => {
                 for target in &self.targets {
-                    let text = expected_text(&self.dir, &target.node);
+                    let text = expected_text(&self.dir, target);
                     let script =
                         format!("table inet kube-nftpol\ndelete table inet kube-nftpol\n{text}");
                     run(
@@ -286,7 +312,14 @@ impl Driver {
         let expected: Vec<String> = self
             .daemons
             .iter()
-            .map(|d| status_line(&expected_text(&self.dir, &d.node)))
+            .map(|d| {
+                let target = self
+                    .targets
+                    .iter()
+                    .find(|t| t.node == d.node)
+                    .expect("every daemon has its target");
+                status_line(&expected_text(&self.dir, target))
+            })
             .collect();
         let deadline = Instant::now() + CONVERGENCE_DEADLINE;
         loop {

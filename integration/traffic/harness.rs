@@ -7,13 +7,15 @@
 //! against the oracle first (so a scenario and the oracle cannot silently disagree) and
 //! then probed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HostIP, Namespace, Pod, PodIP, PodSpec, PodStatus,
+    Container, ContainerPort, HostIP, Namespace, Node, NodeAddress, NodeSpec, NodeStatus, Pod,
+    PodIP, PodSpec, PodStatus,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -108,6 +110,18 @@ impl PodDef {
     }
 }
 
+/// Where a node's pod CIDRs (10.244.<n>.0/24, fd00:10:244:<n>::/64) are published, for
+/// `--fail-closed` (see [`Scenario::pod_cidrs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodCidrSource {
+    /// `spec.podCIDRs` of the node's `kind: Node` manifest (the in-cluster path: the Node
+    /// object from the API server). Its daemon's `--flannel-subnet-env` file does not exist.
+    NodeObject,
+    /// `FLANNEL_SUBNET`/`FLANNEL_IPV6_SUBNET` of a per-node `subnet.env` (as flanneld writes
+    /// it), passed with `--flannel-subnet-env`; its Node manifest has no `spec.podCIDRs`.
+    SubnetEnv,
+}
+
 /// A scenario before its cluster exists.
 pub struct Scenario {
     name: String,
@@ -116,6 +130,9 @@ pub struct Scenario {
     policies: Vec<String>,
     kinds: Vec<ProbeKind>,
     daemon_args: Vec<String>,
+    /// One per node when set.
+    pod_cidrs: Option<Vec<PodCidrSource>>,
+    fail_closed: bool,
 }
 
 impl Scenario {
@@ -127,7 +144,32 @@ impl Scenario {
             policies: Vec::new(),
             kinds: DEFAULT_KINDS.to_vec(),
             daemon_args: Vec::new(),
+            pod_cidrs: None,
+            fail_closed: false,
         }
+    }
+
+    /// Publishes each node's pod CIDRs, one source per node (node-a, node-b): a `kind: Node`
+    /// manifest for every node (`status.addresses` = its node IPs, `spec.podCIDRs` for
+    /// [`PodCidrSource::NodeObject`]), and a `subnet.env` file per node passed to its
+    /// daemon as `--flannel-subnet-env` (written for [`PodCidrSource::SubnetEnv`], absent
+    /// otherwise, so the host's `/run/flannel/subnet.env` never counts).
+    pub fn pod_cidrs(mut self, sources: &[PodCidrSource]) -> Self {
+        assert_eq!(
+            sources.len(),
+            NODE_NAMES.len(),
+            "one pod CIDR source per node"
+        );
+        self.pod_cidrs = Some(sources.to_vec());
+        self
+    }
+
+    /// `kube-nftpol run --fail-closed` on every node (needs [`Scenario::pod_cidrs`]). The
+    /// expected rulesets are compiled with the guard, and expected verdicts add it to the
+    /// oracle's (see [`FailClosedGuard`]).
+    pub fn fail_closed(mut self) -> Self {
+        self.fail_closed = true;
+        self
     }
 
     /// More flags for every `kube-nftpol run` (daemon driver only).
@@ -180,40 +222,74 @@ impl Scenario {
                 list.push(*port);
             }
         }
+        assert!(
+            !self.fail_closed || self.pod_cidrs.is_some(),
+            "scenario {}: fail_closed() needs pod_cidrs(..) (else the daemon would read the \
+             host's /run/flannel/subnet.env)",
+            self.name
+        );
         let cluster = Cluster::new(&prefix, ports);
         println!(
-            "scenario {}: netns prefix {prefix}, driver {}, manifests {}",
+            "scenario {}: netns prefix {prefix}, driver {}, manifests {}{}",
             self.name,
             driver::kind().name(),
-            manifests.display()
+            manifests.display(),
+            if self.fail_closed {
+                ", --fail-closed"
+            } else {
+                ""
+            }
         );
+        let guarded = match (&self.pod_cidrs, self.fail_closed) {
+            (Some(_), true) => (0..NODE_NAMES.len())
+                .map(|i| cluster::pod_cidrs(i).to_vec())
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut env = Env {
             name: self.name,
             kinds: self.kinds,
             namespaces: self.namespaces,
             manifests,
             deferred: false,
+            guarded,
             driver: None,
             pods: Vec::new(),
             cluster,
             work,
         };
         for def in self.pods {
-            env.create_pod(def);
+            env.create_pod(def, PodStage::Running);
         }
         env.write_namespaces();
         for yaml in &self.policies {
             env.write_policy(yaml);
         }
-        let targets = env
-            .cluster
-            .nodes
-            .iter()
-            .map(|n| Target {
-                node: n.name.to_string(),
-                netns: n.ns.name.clone(),
-            })
-            .collect();
+        let mut targets = Vec::new();
+        for (i, node) in env.cluster.nodes.iter().enumerate() {
+            let mut target = Target {
+                node: node.name.to_string(),
+                netns: node.ns.name.clone(),
+                args: Vec::new(),
+                fail_closed: self.fail_closed,
+                subnet_env_cidrs: Vec::new(),
+            };
+            if let Some(sources) = &self.pod_cidrs {
+                let source = sources[i];
+                env.write_node(i, source == PodCidrSource::NodeObject);
+                let subnet_env = env.work.path.join(format!("subnet-{}.env", node.name));
+                if source == PodCidrSource::SubnetEnv {
+                    write_subnet_env(&subnet_env, i);
+                    target.subnet_env_cidrs = cluster::pod_cidrs(i).to_vec();
+                }
+                target.args.push("--flannel-subnet-env".into());
+                target.args.push(subnet_env.display().to_string());
+            }
+            if self.fail_closed {
+                target.args.push("--fail-closed".into());
+            }
+            targets.push(target);
+        }
         env.driver = Some(Driver::start(
             driver::kind(),
             &env.manifests,
@@ -224,6 +300,24 @@ impl Scenario {
         println!("scenario {}: ready in {:.2?}", env.name, started.elapsed());
         env
     }
+}
+
+/// Node `i`'s `subnet.env` as flanneld writes it: `FLANNEL_SUBNET` is `cni0`'s address with
+/// the prefix length of the node's pod CIDR (and FLANNEL_NETWORK, the whole cluster's, must
+/// not count as this node's).
+fn write_subnet_env(path: &std::path::Path, i: usize) {
+    let text = format!(
+        "FLANNEL_NETWORK=10.244.0.0/16\n\
+         FLANNEL_SUBNET={}/24\n\
+         FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n\
+         FLANNEL_IPV6_SUBNET={}/64\n\
+         FLANNEL_MTU={}\n\
+         FLANNEL_IPMASQ=true\n",
+        cluster::cni_v4(i),
+        cluster::cni_v6(i),
+        cluster::VXLAN_MTU
+    );
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 /// The per-test temporary directory (manifests, daemon status files and logs).
@@ -249,11 +343,24 @@ impl Drop for WorkDir {
     }
 }
 
+/// Where a pod's manifest is. Only [`PodStage::Running`] makes its address a pod to policy;
+/// in every other stage the address is up but a stranger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodStage {
+    /// The CNI's part only (namespace, address, servers): no manifest yet.
+    NetworkOnly,
+    /// Manifest `phase: Pending` without `podIPs` (scheduled; its IP not reported yet).
+    Pending,
+    /// Manifest `phase: Running` with its `podIPs`.
+    Running,
+    /// Manifest deleted: the namespace and address stay.
+    Deleted,
+}
+
 struct PodRec {
     def: PodDef,
     net: PodNet,
-    /// False once its manifest is deleted: the namespace and address stay, as a stranger.
-    in_api: bool,
+    stage: PodStage,
 }
 
 /// A running scenario. Dropping it stops the daemons, the servers, deletes every namespace
@@ -265,6 +372,8 @@ pub struct Env {
     manifests: PathBuf,
     /// Inside [`Env::together`]: changes do not wait for convergence.
     deferred: bool,
+    /// `--fail-closed`: each node's guarded pod CIDRs (empty without the flag).
+    guarded: Vec<Vec<IpNet>>,
     driver: Option<Driver>,
     pods: Vec<PodRec>,
     cluster: Cluster,
@@ -373,7 +482,7 @@ impl Env {
     // ---------------------------------------------------------------------------------
     // Manifests
 
-    fn create_pod(&mut self, mut def: PodDef) {
+    fn create_pod(&mut self, mut def: PodDef, stage: PodStage) {
         assert!(
             !self.pods.iter().any(|p| p.def.key() == def.key()),
             "pod {} twice",
@@ -400,12 +509,10 @@ impl Env {
         );
         def.host = Some(host);
         let net = self.cluster.add_pod(def.node, host, def.v4, def.v6);
-        let rec = PodRec {
-            def,
-            net,
-            in_api: true,
-        };
-        self.write_pod(&rec);
+        let rec = PodRec { def, net, stage };
+        if stage != PodStage::NetworkOnly {
+            self.write_pod(&rec);
+        }
         self.pods.push(rec);
     }
 
@@ -426,10 +533,17 @@ impl Env {
         format!("pod-{}.yaml", key.replace('/', "-"))
     }
 
+    /// The pod's manifest: `Running` with its addresses, or `Pending` without any in
+    /// [`PodStage::Pending`].
     fn write_pod(&self, rec: &PodRec) {
         let def = &rec.def;
         let node = self.cluster.node(def.node);
-        let ips: Vec<String> = rec.net.addrs().iter().map(|a| a.to_string()).collect();
+        let running = rec.stage != PodStage::Pending;
+        let ips: Vec<String> = if running {
+            rec.net.addrs().iter().map(|a| a.to_string()).collect()
+        } else {
+            Vec::new()
+        };
         let ports: Vec<ContainerPort> = def
             .ports
             .iter()
@@ -458,7 +572,7 @@ impl Env {
                 ..Default::default()
             }),
             status: Some(PodStatus {
-                phase: Some("Running".into()),
+                phase: Some(if running { "Running" } else { "Pending" }.into()),
                 host_ip: Some(node.v4.to_string()),
                 host_ips: Some(vec![
                     HostIP {
@@ -469,7 +583,7 @@ impl Env {
                     },
                 ]),
                 pod_ip: ips.first().cloned(),
-                pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
+                pod_ips: running.then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
                 ..Default::default()
             }),
         };
@@ -502,6 +616,46 @@ impl Env {
         };
         let yaml = serde_yaml::to_string(&ns).expect("serialising a Namespace");
         self.write_file(&format!("ns-{name}.yaml"), &yaml);
+    }
+
+    /// Node `i`'s `kind: Node` manifest: its addresses, and `spec.podCIDRs` when `cidrs`.
+    fn write_node(&self, i: usize, cidrs: bool) {
+        let node = self.cluster.node(i);
+        let pod_cidrs: Vec<String> = cluster::pod_cidrs(i)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let object = Node {
+            metadata: ObjectMeta {
+                name: Some(node.name.into()),
+                labels: Some(labels(&[("kubernetes.io/hostname", node.name)])),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: cidrs.then(|| pod_cidrs[0].clone()),
+                pod_cidrs: cidrs.then_some(pod_cidrs),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: node.v4.to_string(),
+                    },
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: node.v6.to_string(),
+                    },
+                    NodeAddress {
+                        type_: "Hostname".into(),
+                        address: node.name.into(),
+                    },
+                ]),
+                ..Default::default()
+            }),
+        };
+        let yaml = serde_yaml::to_string(&object).expect("serialising a Node");
+        self.write_file(&format!("node-{}.yaml", node.name), &yaml);
     }
 
     fn policy_file(namespace: &str, name: &str) -> String {
@@ -566,6 +720,14 @@ impl Env {
         let mut all = String::new();
         for file in files {
             let text = std::fs::read_to_string(&file).expect("reading a manifest");
+            // Node objects only carry pod CIDRs (the --fail-closed guard, which the harness
+            // models itself); the oracle reads Namespaces, Pods and NetworkPolicies.
+            let kind = serde_yaml::from_str::<serde_yaml::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
+            if kind.as_deref() == Some("Node") {
+                continue;
+            }
             all.push_str("---\n");
             all.push_str(&text);
             all.push('\n');
@@ -607,7 +769,11 @@ impl Env {
         if let Some(rec) = self.pods.get_mut(i) {
             rec.def.labels = labels(pairs);
         }
-        if let Some(rec) = self.pods.get(i) {
+        if let Some(rec) = self
+            .pods
+            .get(i)
+            .filter(|p| matches!(p.stage, PodStage::Pending | PodStage::Running))
+        {
             self.write_pod(rec);
         }
         self.sync();
@@ -618,11 +784,40 @@ impl Env {
     pub fn add_pod(&mut self, def: PodDef) {
         println!("step: add pod {}", def.key());
         let namespace = def.namespace.clone();
-        self.create_pod(def);
-        if !self.namespaces.contains_key(&namespace) {
-            self.namespaces.insert(namespace.clone(), Labels::new());
-            self.write_namespace(&namespace);
+        self.create_pod(def, PodStage::Running);
+        self.ensure_namespace(&namespace);
+        self.sync();
+    }
+
+    fn ensure_namespace(&mut self, namespace: &str) {
+        if !self.namespaces.contains_key(namespace) {
+            self.namespaces.insert(namespace.into(), Labels::new());
+            self.write_namespace(namespace);
         }
+    }
+
+    /// The CNI's part of a new pod only: its namespace, veth, addresses and servers are up,
+    /// but no manifest says so yet (nothing to wait for). To policy its address is a
+    /// stranger until [`Env::write_pod_manifest`]; in the tables it shows as `(no manifest)`.
+    pub fn add_pod_network(&mut self, def: PodDef) {
+        println!("step: pod network {} up, no manifest", def.key());
+        self.create_pod(def, PodStage::NetworkOnly);
+    }
+
+    /// Writes the manifest of a pod made with [`Env::add_pod_network`]: `Pending` without
+    /// addresses (scheduled, its IP not reported yet; still a stranger to policy), or
+    /// `Running` with its addresses.
+    pub fn write_pod_manifest(&mut self, key: &str, stage: PodStage) {
+        assert!(
+            matches!(stage, PodStage::Pending | PodStage::Running),
+            "a written manifest is Pending or Running"
+        );
+        println!("step: write the manifest of {key} ({stage:?})");
+        let i = self.pod_index(key);
+        let namespace = self.pods[i].def.namespace.clone();
+        self.pods[i].stage = stage;
+        self.ensure_namespace(&namespace);
+        self.write_pod(&self.pods[i]);
         self.sync();
     }
 
@@ -632,7 +827,11 @@ impl Env {
         println!("step: delete pod {key} from the API");
         let i = self.pod_index(key);
         if let Some(rec) = self.pods.get_mut(i) {
-            rec.in_api = false;
+            assert!(
+                matches!(rec.stage, PodStage::Pending | PodStage::Running),
+                "pod {key} has no manifest to delete"
+            );
+            rec.stage = PodStage::Deleted;
         }
         self.remove_file(&Self::pod_file(key));
         self.sync();
@@ -642,7 +841,10 @@ impl Env {
     pub fn remove_pod_network(&mut self, key: &str) {
         let i = self.pod_index(key);
         assert!(
-            !self.pods.get(i).is_some_and(|p| p.in_api),
+            !self
+                .pods
+                .get(i)
+                .is_some_and(|p| matches!(p.stage, PodStage::Pending | PodStage::Running)),
             "delete the manifest of {key} first"
         );
         self.pods.remove(i);
@@ -681,10 +883,11 @@ impl Env {
             .pods
             .iter()
             .map(|p| Endpoint {
-                label: if p.in_api {
-                    p.def.key()
-                } else {
-                    format!("{} (deleted)", p.def.key())
+                label: match p.stage {
+                    PodStage::Running => p.def.key(),
+                    PodStage::NetworkOnly => format!("{} (no manifest)", p.def.key()),
+                    PodStage::Pending => format!("{} (pending)", p.def.key()),
+                    PodStage::Deleted => format!("{} (deleted)", p.def.key()),
                 },
                 ns: &p.net.ns,
                 v4: p.net.v4.map(IpAddr::from),
@@ -755,10 +958,11 @@ impl Env {
     pub fn check(&self, step: &str) {
         let world = self.world();
         let oracle = oracle::Oracle::new(&world);
+        let guard = self.guard(&world);
         let title = format!("{} / {step} [driver {}]", self.name, driver::kind().name());
         let endpoints = self.endpoints();
         let result = table::verify(&title, &endpoints, &self.kinds, |src, dst, proto, port| {
-            oracle.allowed(src, dst, proto, port)
+            oracle.allowed(src, dst, proto, port) && !guard.drops(src, dst)
         });
         if let Err(report) = result {
             panic!("{report}{}", self.daemon_logs());
@@ -922,19 +1126,10 @@ impl Env {
 
     /// Hand-written expectations: each must agree with the oracle, then is probed.
     pub fn expect(&self, step: &str, flows: &[Flow]) {
-        let world = self.world();
-        let oracle = oracle::Oracle::new(&world);
+        self.agree(step, flows);
         let mut probes = Vec::new();
         for flow in flows {
             let (src_ns, src, dst_ns, dst) = self.resolve(flow);
-            let says = oracle.allowed(src, dst, flow.proto, flow.port);
-            assert!(
-                flow.beyond_oracle || says == flow.allow,
-                "{} / {step}: the scenario states `{flow}` but the spec oracle says {}: the \
-                 scenario (or the oracle) is wrong",
-                self.name,
-                if says { "allow" } else { "deny" }
-            );
             probes.push(Probe {
                 src: src_ns.file(),
                 bind: Some(src),
@@ -972,6 +1167,58 @@ impl Env {
             bad.join("\n"),
             self.daemon_logs()
         );
+    }
+
+    /// Checks that each of `flows` states what the oracle (plus the `--fail-closed` guard,
+    /// when the daemons run with it) says, without probing; [`Env::expect`] does this first.
+    /// For flows handed to [`Env::watch`].
+    pub fn agree(&self, step: &str, flows: &[Flow]) {
+        let world = self.world();
+        let oracle = oracle::Oracle::new(&world);
+        let guard = self.guard(&world);
+        for flow in flows {
+            let (_, src, _, dst) = self.resolve(flow);
+            let says = oracle.allowed(src, dst, flow.proto, flow.port);
+            let guarded = guard.drops(src, dst);
+            assert!(
+                flow.beyond_oracle || (says && !guarded) == flow.allow,
+                "{} / {step}: the scenario states `{flow}` but the spec oracle says {}{}: the \
+                 scenario (or the oracle) is wrong",
+                self.name,
+                if says { "allow" } else { "deny" },
+                if guarded {
+                    " and the --fail-closed guard drops it"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+
+    /// The `--fail-closed` guard for the manifests now in the directory (inactive without
+    /// the flag).
+    fn guard(&self, world: &World) -> FailClosedGuard {
+        let nodes = self
+            .guarded
+            .iter()
+            .enumerate()
+            .map(|(i, cidrs)| {
+                let name = self.cluster.node(i).name;
+                GuardedNode {
+                    cidrs: cidrs.clone(),
+                    programmed: world
+                        .pods
+                        .iter()
+                        .filter(|p| {
+                            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name)
+                        })
+                        .flat_map(live_pod_ips)
+                        .collect(),
+                    own: cluster::node_own_addrs(i).to_vec(),
+                }
+            })
+            .collect();
+        FailClosedGuard { nodes }
     }
 
     /// One probe to an arbitrary address (e.g. a Service IP), from `src` (an endpoint name).
@@ -1030,4 +1277,67 @@ impl Env {
     pub fn hairpin_on(&self, key: &str) {
         self.cluster.hairpin_on(self.pod_net(key));
     }
+}
+
+/// What `kube-nftpol run --fail-closed` adds to the verdicts, written from README.md and
+/// rules/README.md (the spec oracle does not model it): each node drops, in its forward
+/// hook, packets from or to an address of its pod CIDRs that is not a live pod on that node
+/// (a pod the daemon has programmed), and, in its input hook, packets from such an address
+/// that do not come through `lo`. The node's own traffic (output hook) is not filtered, and
+/// the node's own addresses (`cni0`, `flannel.1`) are not pods.
+struct FailClosedGuard {
+    nodes: Vec<GuardedNode>,
+}
+
+struct GuardedNode {
+    cidrs: Vec<IpNet>,
+    /// Every address of a live pod on the node, as the manifests say.
+    programmed: BTreeSet<IpAddr>,
+    own: Vec<IpAddr>,
+}
+
+impl GuardedNode {
+    /// In the node's pod CIDRs, but neither a programmed pod nor the node itself.
+    fn dark(&self, addr: IpAddr) -> bool {
+        self.cidrs.iter().any(|c| c.contains(&addr))
+            && !self.programmed.contains(&addr)
+            && !self.own.contains(&addr)
+    }
+}
+
+impl FailClosedGuard {
+    /// Does the guard drop a new flow `src → dst`? A dark source never gets past its node
+    /// (forward or input). A dark destination is reached through its node's forward hook,
+    /// except from the node itself. An address talking to itself never leaves its
+    /// namespace.
+    fn drops(&self, src: IpAddr, dst: IpAddr) -> bool {
+        src != dst
+            && self
+                .nodes
+                .iter()
+                .any(|n| n.dark(src) || (n.dark(dst) && !n.own.contains(&src)))
+    }
+}
+
+/// The addresses of a pod the product programs: not finished, not hostNetwork, with
+/// `status.podIPs` (or `podIP`).
+fn live_pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let status = pod.status.as_ref();
+    let finished = matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if finished || host_network {
+        return Vec::new();
+    }
+    let listed = status.and_then(|s| s.pod_ips.as_ref());
+    let texts: Vec<&str> = match listed {
+        Some(list) if !list.is_empty() => list.iter().map(|p| p.ip.as_str()).collect(),
+        _ => status
+            .and_then(|s| s.pod_ip.as_deref())
+            .into_iter()
+            .collect(),
+    };
+    texts.iter().filter_map(|t| t.parse().ok()).collect()
 }

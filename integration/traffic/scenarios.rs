@@ -1424,3 +1424,271 @@ fn daemon_repairs_a_deleted_table() {
     }
     env.check("table restored");
 }
+
+/// `prod`: default-deny ingress, and pods `app=web` take TCP and UDP 80 from pods
+/// `role=client` of any namespace. The other scenarios' pods: `prod/web` (node-a),
+/// `dev/client-a` (node-a, dual-stack), `dev/client-b` (node-b, dual-stack), `dev/other`
+/// (node-a, no label: a denied client).
+fn fail_closed_cluster(name: &str, fail_closed: bool) -> Scenario {
+    let scenario = Scenario::new(name)
+        .kinds(&[(Tcp, 80), (Tcp, 81), (Udp, 80)])
+        // node-a publishes its pod CIDRs in its Node object, node-b in Flannel's subnet.env.
+        .pod_cidrs(&[PodCidrSource::NodeObject, PodCidrSource::SubnetEnv])
+        .pod(pod("prod/web").labels(&[("app", "web")]))
+        .pod(
+            pod("dev/client-a")
+                .labels(&[("role", "client")])
+                .dual_stack(),
+        )
+        .pod(
+            pod("dev/client-b")
+                .on(1)
+                .labels(&[("role", "client")])
+                .dual_stack(),
+        )
+        .pod(pod("dev/other"))
+        .policy(&deny_all_ingress("prod"))
+        .policy(&yaml(
+            "
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: web-from-clients, namespace: prod}
+            spec:
+              podSelector: {matchLabels: {app: web}}
+              ingress:
+              - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}]
+                ports: [{port: 80}, {port: 80, protocol: UDP}]
+            ",
+        ));
+    if fail_closed {
+        scenario.fail_closed()
+    } else {
+        scenario
+    }
+}
+
+/// Flows of new pods `prod/new-a` (node-a) and `prod/new-b` (node-b), both dual-stack, that the
+/// policies allow once the pods are known (from the allowed clients, same node and across
+/// nodes, TCP and UDP; and from the new pods outwards), plus flows from strangers
+/// (node-b, outside, dev/other) that only an unknown pod accepts. `allow`: the verdict
+/// while the pods are not known.
+fn unknown_pod_flows(allow_: bool) -> Vec<Flow> {
+    let f = |src: &str, dst: &str, proto, port| {
+        if allow_ {
+            allow(src, dst, proto, port)
+        } else {
+            deny(src, dst, proto, port)
+        }
+    };
+    vec![
+        // Towards the new pods.
+        f("dev/client-a", "prod/new-a", Tcp, 80),
+        f("dev/client-a", "prod/new-a", Udp, 80),
+        f("dev/client-a", "prod/new-a", Tcp, 80).v6(),
+        f("dev/client-b", "prod/new-a", Tcp, 80),
+        f("dev/client-b", "prod/new-a", Udp, 80).v6(),
+        f("dev/client-b", "prod/new-b", Tcp, 80),
+        f("dev/client-b", "prod/new-b", Udp, 80),
+        f("dev/client-b", "prod/new-b", Tcp, 80).v6(),
+        f("dev/client-a", "prod/new-b", Tcp, 80),
+        f("dev/other", "prod/new-a", Tcp, 80),
+        f("node-b", "prod/new-a", Tcp, 80),
+        f("outside", "prod/new-b", Tcp, 80),
+        // From the new pods (egress is not restricted in prod).
+        f("prod/new-a", "dev/client-a", Tcp, 80),
+        f("prod/new-a", "dev/client-a", Udp, 80).v6(),
+        f("prod/new-a", "dev/client-b", Tcp, 80),
+        f("prod/new-a", "outside", Tcp, 80),
+        f("prod/new-a", "node-a", Tcp, 80),
+        f("prod/new-b", "dev/client-b", Udp, 80),
+        f("prod/new-b", "dev/client-a", Tcp, 80),
+        f("prod/new-b", "node-b", Tcp, 80),
+        f("prod/new-b", "dev/client-a", Udp, 80).v6(),
+    ]
+}
+
+/// Prints a watch's counts; fails when a flow was not probed at least `min` times or one
+/// probe contradicted its verdict.
+fn assert_watch(what: &str, results: &[WatchResult], min: usize) {
+    let (mut probes, mut wrong) = (0, 0);
+    for r in results {
+        println!("  {}: {} probes, {} wrong", r.flow, r.probes, r.wrong.len());
+        probes += r.probes;
+        wrong += r.wrong.len();
+    }
+    println!("  {what}: {probes} probes in all, {wrong} wrong");
+    let bad: Vec<String> = results
+        .iter()
+        .filter(|r| !r.wrong.is_empty() || r.probes < min)
+        .map(|r| {
+            let first: Vec<&String> = r.wrong.iter().take(4).collect();
+            format!(
+                "  {}: {} probes, {} wrong, first: {first:?}",
+                r.flow,
+                r.probes,
+                r.wrong.len()
+            )
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: a flow went the wrong way (or was probed fewer than {min} times):\n{}",
+        bad.join("\n")
+    );
+}
+
+/// Another policy on `prod/web` (port 81 from pods `role=monitoring`, of which there are
+/// none): a ruleset change the daemons sync while the new pods are up but unknown.
+fn monitoring_policy() -> String {
+    yaml(
+        "
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: web-from-monitoring, namespace: prod}
+        spec:
+          podSelector: {matchLabels: {app: web}}
+          ingress:
+          - from: [{podSelector: {matchLabels: {role: monitoring}}}]
+            ports: [{port: 81}]
+        ",
+    )
+}
+
+/// The new pods' network (as the CNI sets it up) exists before any manifest says so: the
+/// same steps with and without `--fail-closed`, which decides only what happens before
+/// the pods are known (and after their manifests are deleted).
+fn new_pods_before_their_manifests(env: &mut Env, fail_closed: bool) {
+    env.add_pod_network(pod("prod/new-a").labels(&[("app", "web")]).dual_stack());
+    env.add_pod_network(
+        pod("prod/new-b")
+            .on(1)
+            .labels(&[("app", "web")])
+            .dual_stack(),
+    );
+
+    // Unknown: no manifest, then a Pending one without addresses, while the daemons sync
+    // another change. Probed back to back all along, same node and across nodes, to and
+    // from the new pods.
+    let flows = unknown_pod_flows(!fail_closed);
+    env.agree("no manifest yet", &flows);
+    let watch = env.watch(&flows);
+    let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
+    pause(600);
+    env.together(|env| {
+        env.write_pod_manifest("prod/new-a", PodStage::Pending);
+        env.write_pod_manifest("prod/new-b", PodStage::Pending);
+        env.apply_policy(&monitoring_policy());
+    });
+    env.agree("pending, no address", &flows);
+    pause(600);
+    let results = watch.finish();
+    assert_watch(
+        if fail_closed {
+            "unknown pods, --fail-closed: nothing may get through"
+        } else {
+            "unknown pods, no --fail-closed: everything gets through"
+        },
+        &results,
+        3,
+    );
+    env.check("new pods up, not known");
+
+    // Their manifests with addresses: flows the policies deny, probed across the change,
+    // never get through (with --fail-closed they were denied before too: no window where
+    // the pod is reachable but its policies not yet in force).
+    let denied = [
+        deny("dev/other", "prod/new-a", Tcp, 80),
+        deny("dev/client-a", "prod/new-a", Tcp, 81),
+        deny("dev/client-b", "prod/new-a", Tcp, 81).v6(),
+        deny("node-b", "prod/new-a", Tcp, 80),
+        deny("dev/client-b", "prod/new-b", Tcp, 81),
+        deny("outside", "prod/new-b", Tcp, 80),
+        deny("outside", "prod/new-b", Tcp, 80).v6(),
+    ];
+    let watch = fail_closed.then(|| env.watch(&denied));
+    pause(300);
+    env.together(|env| {
+        env.write_pod_manifest("prod/new-a", PodStage::Running);
+        env.write_pod_manifest("prod/new-b", PodStage::Running);
+    });
+    pause(300);
+    if let Some(watch) = watch {
+        assert_watch("the new pods' rules land", &watch.finish(), 3);
+    }
+    let mut known = vec![
+        allow("dev/client-a", "prod/new-a", Tcp, 80),
+        allow("dev/client-a", "prod/new-a", Udp, 80),
+        allow("dev/client-a", "prod/new-a", Tcp, 80).v6(),
+        allow("dev/client-b", "prod/new-a", Tcp, 80),
+        allow("dev/client-b", "prod/new-a", Udp, 80).v6(),
+        allow("dev/client-b", "prod/new-b", Tcp, 80),
+        allow("dev/client-a", "prod/new-b", Udp, 80),
+        allow("prod/new-a", "dev/client-b", Tcp, 80),
+        allow("prod/new-b", "outside", Tcp, 80),
+        allow("prod/new-a", "node-a", Tcp, 80),
+    ];
+    known.extend(denied.iter().cloned());
+    env.expect("new pods known", &known);
+    env.check("new pods known");
+
+    // Deleted from the API while their namespaces still run (a stale sandbox): strangers
+    // again. Without --fail-closed nothing isolates them any more.
+    env.together(|env| {
+        env.delete_pod_manifest("prod/new-a");
+        env.delete_pod_manifest("prod/new-b");
+    });
+    let gone = |src: &str, dst: &str, proto, port| {
+        if fail_closed {
+            deny(src, dst, proto, port)
+        } else {
+            allow(src, dst, proto, port)
+        }
+    };
+    env.expect(
+        "new pods deleted",
+        &[
+            gone("dev/client-a", "prod/new-a", Tcp, 80),
+            gone("dev/client-b", "prod/new-a", Udp, 80).v6(),
+            gone("dev/client-b", "prod/new-b", Tcp, 80),
+            gone("dev/other", "prod/new-a", Tcp, 80),
+            gone("prod/new-a", "dev/client-a", Tcp, 80),
+            gone("prod/new-b", "outside", Tcp, 80),
+            // The node's own traffic to its pod CIDR is never guarded.
+            allow("node-a", "prod/new-a", Tcp, 80),
+            allow("node-b", "prod/new-b", Udp, 80),
+            // Known pods keep their policies.
+            allow("dev/client-b", "prod/web", Tcp, 80),
+            deny("dev/other", "prod/web", Tcp, 80),
+        ],
+    );
+    env.check("new pods deleted, their namespaces still up");
+}
+
+/// Issue: "a new pod in a namespace with a default-deny policy is never reachable, not even
+/// for the first packets". With `--fail-closed` (node-a's pod CIDRs from its Node object,
+/// node-b's from Flannel's subnet.env), a pod whose network is up before the daemon knows
+/// it cannot send or receive anything until its rules are in force, and becomes dark again
+/// when its manifest goes away while its network stays.
+#[test]
+fn fail_closed_new_pod_dark_until_programmed() {
+    let mut env = fail_closed_cluster("fail-closed", true).start();
+    env.expect(
+        "known pods",
+        &[
+            allow("dev/client-a", "prod/web", Tcp, 80),
+            allow("dev/client-b", "prod/web", Udp, 80),
+            deny("dev/other", "prod/web", Tcp, 80),
+            allow("prod/web", "dev/other", Tcp, 81),
+        ],
+    );
+    new_pods_before_their_manifests(&mut env, true);
+}
+
+/// The control of [`fail_closed_new_pod_dark_until_programmed`]: the same cluster, pods and
+/// steps without `--fail-closed`. A pod the daemon does not know is not isolated, so the
+/// same probes get through: they can tell a dark pod from an open one.
+#[test]
+fn without_fail_closed_an_unknown_pod_is_open() {
+    let mut env = fail_closed_cluster("not-fail-closed", false).start();
+    new_pods_before_their_manifests(&mut env, false);
+}

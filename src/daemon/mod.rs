@@ -369,6 +369,8 @@ pub struct StateLoop {
     /// Diagnostics already logged: each is logged once, not at every sync.
     logged: BTreeSet<Diagnostic>,
     fail_closed_warned: bool,
+    /// The pod CIDRs last read from Flannel's subnet file (re-read every tick).
+    flannel_cidrs: Vec<IpNet>,
     bridge_warned: bool,
     /// Where to send a [`SyncReport`] after each committed sync.
     pub reports: Option<Sender<SyncReport>>,
@@ -393,6 +395,7 @@ impl StateLoop {
             last_sync: None,
             logged: BTreeSet::new(),
             fail_closed_warned: false,
+            flannel_cidrs: Vec::new(),
             bridge_warned: false,
             reports: None,
         }
@@ -545,6 +548,16 @@ impl StateLoop {
 
     fn tick(&mut self) {
         self.shared.health.beat();
+        if self.config.fail_closed {
+            // flanneld may write or change its subnet file at any time: the guard follows
+            // within a tick, not at the next cluster change.
+            let cidrs = flannel_subnets(&self.config.flannel_subnet_env);
+            if cidrs != self.flannel_cidrs {
+                info!(file = %self.config.flannel_subnet_env.display(), ?cidrs, "Flannel subnet file changed");
+                self.flannel_cidrs = cidrs;
+                self.note("subnet.env", Instant::now());
+            }
+        }
         let on = bridge::state(&self.config.proc_sys);
         for (name, on) in ["ipv4", "ipv6"].into_iter().zip(on) {
             self.shared
@@ -604,7 +617,7 @@ impl StateLoop {
             return self.options.clone();
         }
         let mut options = self.options.clone();
-        options.pod_cidrs = flannel_subnets(&self.config.flannel_subnet_env);
+        options.pod_cidrs = self.flannel_cidrs.clone();
         let guarded = guarded_cidrs(&self.cluster, &self.config.node_name, &options);
         self.shared
             .metrics
