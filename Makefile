@@ -26,3 +26,8 @@ build: deps
 
 bench: deps
 	$(CARGO) bench --locked
+
+# The Debian package (release build; packaging/deb/build.sh, described in packaging/README.md).
+.PHONY: deb
+deb: deps
+	packaging/deb/build.sh

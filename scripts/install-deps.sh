@@ -3,7 +3,7 @@
 # Idempotent and quiet when everything is there. Needs root (or sudo) only to install.
 set -euo pipefail
 
-packages=(nftables iproute2 util-linux procps openssl pkg-config libnftnl-dev libmnl-dev)
+packages=(nftables iproute2 util-linux procps openssl pkg-config libnftnl-dev libmnl-dev systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
