@@ -8,9 +8,39 @@
 //! Without `KUBEBUILDER_ASSETS`, every test prints `skipped: KUBEBUILDER_ASSETS not set` and
 //! none counts as passed. Own harness (`harness = false`) for exactly that. Needs root.
 //!
+//! The `traffic_*` tests build the real-traffic cluster of integration/traffic (two node
+//! namespaces, pods, real probes; see integration/README.md) with etcd and kube-apiserver in
+//! its underlay namespace (the "outside" host, 192.168.56.100, reachable from both nodes),
+//! run each node's daemon with `--kubeconfig` instead of `--manifests`, create every
+//! Namespace, Pod (status through the status subresource) and NetworkPolicy through the
+//! API, and check the same truth tables as the manifests-driven scenarios.
+//!
 //! `cargo test --test kube_api [NAME-SUBSTRING]`
 
 mod support;
+
+// The traffic harness (integration/traffic), its objects kept by an API server.
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/traffic/cluster.rs"]
+mod cluster;
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/traffic/driver.rs"]
+mod driver;
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/traffic/harness.rs"]
+mod harness;
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/traffic/netns.rs"]
+mod netns;
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/traffic/probe.rs"]
+mod probe;
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/traffic/servers.rs"]
+mod servers;
+#[allow(dead_code, unused_imports)]
+#[path = "../integration/traffic/table.rs"]
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -25,7 +55,7 @@ use kube::Client;
 use serde_json::json;
 
 use kube_nftpol::compile::{compile_with, fnv1a64, Options};
-use kube_nftpol::dataplane::probe;
+use kube_nftpol::dataplane::probe as kernel_probe;
 use kube_nftpol::model::{Cluster, Object};
 use kube_nftpol::render::text;
 use support::netns::{nft, normalised_listing};
@@ -38,7 +68,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 type TestFn = fn(&Env);
 
 fn main() -> ExitCode {
-    let tests: [(&str, TestFn); 2] = [
+    let tests: [(&str, TestFn); 4] = [
         (
             "follows_every_kind_of_change_through_the_api",
             follows_every_kind_of_change_through_the_api,
@@ -46,6 +76,14 @@ fn main() -> ExitCode {
         (
             "api_server_down_at_start_and_restarted_mid_test_never_drops_the_rules",
             api_server_down_and_restarted_never_drops_the_rules,
+        ),
+        (
+            "traffic_default_deny_and_allow_same_and_cross_node_policy_updated",
+            traffic_default_deny_and_allow_policy_updated,
+        ),
+        (
+            "traffic_pod_and_namespace_relabelled",
+            traffic_pod_and_namespace_relabelled,
         ),
     ];
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -136,15 +174,24 @@ impl Cluster0 {
             daemon: None,
         };
         run(Command::new("ip").args(["-n", &c.ns, "link", "set", "lo", "up"]));
+        write_pki(&c.dir, "https://127.0.0.1:6443", "IP:127.0.0.1");
+        c
+    }
+}
+
+/// Token file, service-account key pair, a CA, a serving certificate for `sans`
+/// (`IP:a,IP:b`), and `admin.kubeconfig` / `daemon.kubeconfig` naming `server`.
+fn write_pki(dir: &Path, server: &str, sans: &str) {
+    {
         std::fs::write(
-            c.dir.join("tokens.csv"),
+            dir.join("tokens.csv"),
             format!(
                 "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
                  {DAEMON_TOKEN},system:serviceaccount:kube-system:kube-nftpol,sa-uid,\"system:serviceaccounts\"\n"
             ),
         )
         .expect("tokens");
-        let key = c.dir.join("sa.key");
+        let key = dir.join("sa.key");
         run(Command::new("openssl")
             .args(["genrsa", "-out"])
             .arg(&key)
@@ -154,17 +201,19 @@ impl Cluster0 {
             .args(["rsa", "-pubout", "-in"])
             .arg(&key)
             .arg("-out")
-            .arg(c.dir.join("sa.pub"))
+            .arg(dir.join("sa.pub"))
             .stderr(Stdio::null()));
-        // A CA and a serving certificate for 127.0.0.1 made up front, so that kubeconfigs
+        // A CA and a serving certificate for `sans` made up front, so that kubeconfigs
         // can name the CA before the API server first starts.
         std::fs::write(
-            c.dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            dir.join("server.ext"),
+            format!(
+                "subjectAltName={sans}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+            ),
         )
         .expect("ext file");
-        let d = c.dir.display().to_string();
+        let d = dir.display().to_string();
         let openssl = |args: &str| {
             let args: Vec<String> = args
                 .split_whitespace()
@@ -183,21 +232,22 @@ impl Cluster0 {
             ("daemon.kubeconfig", DAEMON_TOKEN),
         ] {
             std::fs::write(
-                c.dir.join(file),
+                dir.join(file),
                 format!(
                     "apiVersion: v1\nkind: Config\ncurrent-context: envtest\n\
-                     clusters: [{{name: envtest, cluster: {{server: \"https://127.0.0.1:6443\", \
+                     clusters: [{{name: envtest, cluster: {{server: \"{server}\", \
                      certificate-authority: \"{}\"}}}}]\n\
                      users: [{{name: u, user: {{token: {token}}}}}]\n\
                      contexts: [{{name: envtest, context: {{cluster: envtest, user: u}}}}]\n",
-                    c.dir.join("ca.crt").display()
+                    dir.join("ca.crt").display()
                 ),
             )
             .expect("kubeconfig");
         }
-        c
     }
+}
 
+impl Cluster0 {
     fn log(&self, name: &str) -> std::fs::File {
         std::fs::OpenOptions::new()
             .create(true)
@@ -214,19 +264,9 @@ impl Cluster0 {
     }
 
     fn start_etcd(&mut self) {
-        let data = self.dir.join("etcd");
         let child = self
             .in_ns(&self.assets.join("etcd"))
-            .args(["--name", "envtest", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen-client-urls=http://127.0.0.1:2379",
-                "--advertise-client-urls=http://127.0.0.1:2379",
-                "--listen-peer-urls=http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-                "--initial-cluster=envtest=http://127.0.0.1:2380",
-                "--unsafe-no-fsync",
-            ])
+            .args(etcd_args(&self.dir))
             .stderr(self.log("etcd.log"))
             .spawn()
             .expect("etcd starts");
@@ -234,39 +274,9 @@ impl Cluster0 {
     }
 
     fn start_apiserver(&mut self) {
-        let d = &self.dir;
         let child = self
             .in_ns(&self.assets.join("kube-apiserver"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                "--secure-port=6443",
-                "--etcd-servers=http://127.0.0.1:2379",
-                "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--disable-admission-plugins=ServiceAccount",
-            ])
-            .arg(format!(
-                "--tls-cert-file={}",
-                d.join("server.crt").display()
-            ))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                d.join("server.key").display()
-            ))
-            .arg(format!(
-                "--token-auth-file={}",
-                d.join("tokens.csv").display()
-            ))
-            .arg(format!(
-                "--service-account-key-file={}",
-                d.join("sa.pub").display()
-            ))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                d.join("sa.key").display()
-            ))
+            .args(apiserver_args(&self.dir, "127.0.0.1"))
             .stderr(self.log("apiserver.log"))
             .spawn()
             .expect("kube-apiserver starts");
@@ -350,6 +360,44 @@ impl Drop for Cluster0 {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// etcd on the namespace's loopback, its data in `dir`.
+fn etcd_args(dir: &Path) -> Vec<String> {
+    let mut args = vec!["--name".to_string(), "envtest".into(), "--data-dir".into()];
+    args.push(dir.join("etcd").display().to_string());
+    args.extend(
+        [
+            "--listen-client-urls=http://127.0.0.1:2379",
+            "--advertise-client-urls=http://127.0.0.1:2379",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=envtest=http://127.0.0.1:2380",
+            "--unsafe-no-fsync",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+/// kube-apiserver serving on `addr`:6443 with the files [`write_pki`] made in `dir`.
+fn apiserver_args(dir: &Path, addr: &str) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        format!("--bind-address={addr}"),
+        format!("--advertise-address={addr}"),
+        "--secure-port=6443".into(),
+        "--etcd-servers=http://127.0.0.1:2379".into(),
+        "--authorization-mode=RBAC".into(),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        "--disable-admission-plugins=ServiceAccount".into(),
+        format!("--tls-cert-file={}", file("server.crt")),
+        format!("--tls-private-key-file={}", file("server.key")),
+        format!("--token-auth-file={}", file("tokens.csv")),
+        format!("--service-account-key-file={}", file("sa.pub")),
+        format!("--service-account-signing-key-file={}", file("sa.key")),
+    ]
 }
 
 fn run(cmd: &mut Command) {
@@ -632,7 +680,7 @@ fn in_cluster(env: &Env, body: impl FnOnce(&mut Cluster0, &Options) + Send + 'st
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let options = Options {
             fail_closed: true,
-            ..probe::probe().expect("kernel probe").options()
+            ..kernel_probe::probe().expect("kernel probe").options()
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -830,4 +878,473 @@ fn api_server_down_and_restarted_never_drops_the_rules(env: &Env) {
         assert!(text.contains("shop/deny-all"), "{text}");
         assert_kernel_holds(c, &text);
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// The real-traffic cluster of integration/traffic, its objects kept by an API server.
+
+/// The API server's address: the underlay's own ("outside", on `ul0`), which both nodes
+/// reach over their `eth0`.
+const UNDERLAY_API: std::net::Ipv4Addr = cluster::OUTSIDE_V4;
+
+/// etcd and kube-apiserver in the traffic cluster's underlay namespace; every manifest the
+/// harness writes becomes an API object (pod status through the status subresource).
+struct ApiStore {
+    procs: Vec<Child>,
+    client: Option<Client>,
+    rt: tokio::runtime::Runtime,
+    underlay: std::fs::File,
+    dir: PathBuf,
+}
+
+/// A [`harness::StoreFactory`] for `Scenario::store`.
+fn api_store(
+    env: &Env,
+) -> impl FnOnce(&cluster::Cluster, &Path) -> std::sync::Arc<dyn driver::ObjectStore> + 'static {
+    let assets = env.assets.clone();
+    move |cluster, work| std::sync::Arc::new(ApiStore::start(&assets, cluster, work))
+}
+
+impl ApiStore {
+    fn start(assets: &Path, cluster: &cluster::Cluster, work: &Path) -> ApiStore {
+        let started = Instant::now();
+        let dir = work.join("api");
+        std::fs::create_dir_all(&dir).expect("api dir");
+        write_pki(
+            &dir,
+            &format!("https://{UNDERLAY_API}:6443"),
+            &format!("IP:{UNDERLAY_API},IP:127.0.0.1"),
+        );
+        let underlay = cluster.underlay.file().try_clone().expect("netns handle");
+        let file = underlay.try_clone().expect("netns handle");
+        // Worker threads inherit the namespace of the thread that builds the runtime.
+        let rt = std::thread::spawn(move || {
+            netns::enter(&file).expect("setns into the underlay");
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime")
+        })
+        .join()
+        .expect("runtime thread");
+        let mut store = ApiStore {
+            procs: Vec::new(),
+            client: None,
+            rt,
+            underlay,
+            dir,
+        };
+        let ns = cluster.underlay.name.clone();
+        let spawn = |store: &ApiStore, program: &str, args: Vec<String>, log: &str| {
+            let log = std::fs::File::create(store.dir.join(log)).expect("log file");
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &ns]);
+            if Path::new("/usr/bin/setpriv").exists() {
+                cmd.args(["/usr/bin/setpriv", "--pdeathsig", "KILL", "--"]);
+            }
+            cmd.arg(assets.join(program))
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {program}: {e}"))
+        };
+        let etcd = spawn(&store, "etcd", etcd_args(&store.dir), "etcd.log");
+        store.procs.push(etcd);
+        let apiserver = spawn(
+            &store,
+            "kube-apiserver",
+            apiserver_args(&store.dir, &UNDERLAY_API.to_string()),
+            "apiserver.log",
+        );
+        store.procs.push(apiserver);
+        let kubeconfig = store.dir.join("admin.kubeconfig");
+        let client = store.in_underlay(move || {
+            let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+            let config = block(kube::Config::from_custom_kubeconfig(
+                file,
+                &Default::default(),
+            ))
+            .expect("config");
+            let client = Client::try_from(config).expect("client");
+            wait_api(&client);
+            apply_rbac(&client);
+            client
+        });
+        store.client = Some(client);
+        println!(
+            "  etcd + kube-apiserver on {UNDERLAY_API}:6443 in {} up in {:.2?}",
+            ns,
+            started.elapsed()
+        );
+        store
+    }
+
+    /// Runs `f` on a thread in the underlay namespace with the runtime entered (for
+    /// [`block`]).
+    fn in_underlay<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                netns::enter(&self.underlay).expect("setns into the underlay");
+                let _guard = self.rt.enter();
+                f()
+            })
+            .join()
+        })
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    fn api<T: Send>(&self, f: impl FnOnce(&Client) -> T + Send) -> T {
+        let client = self.client.clone().expect("the API client");
+        self.in_underlay(move || f(&client))
+    }
+}
+
+impl Drop for ApiStore {
+    fn drop(&mut self) {
+        // The API server first, then etcd.
+        for mut child in self.procs.drain(..).rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for log in ["apiserver.log", "etcd.log"] {
+                let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                println!(
+                    "  last lines of {log}:\n{}",
+                    lines[lines.len().saturating_sub(10)..].join("\n")
+                );
+            }
+        }
+    }
+}
+
+fn get_opt<K>(api: &Api<K>, name: &str) -> Option<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    block(api.get_opt(name)).expect("get")
+}
+
+/// A merge patch that makes the object's labels exactly `labels` (removed keys as null).
+fn labels_patch(
+    old: Option<&std::collections::BTreeMap<String, String>>,
+    new: &serde_json::Value,
+) -> serde_json::Value {
+    let mut labels = serde_json::Map::new();
+    for key in old.into_iter().flat_map(|m| m.keys()) {
+        labels.insert(key.clone(), serde_json::Value::Null);
+    }
+    if let Some(new) = new.as_object() {
+        labels.extend(new.clone());
+    }
+    json!({"metadata": {"labels": labels}})
+}
+
+/// The Namespace object, with the name label the 1.20 API server does not add itself.
+fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if get_opt(&api, name).is_none() {
+        namespace(
+            client,
+            name,
+            json!({support::oracle::NAMESPACE_NAME_LABEL: name}),
+        );
+    }
+}
+
+impl driver::ObjectStore for ApiStore {
+    fn daemon_args(&self) -> Vec<String> {
+        vec![
+            "--kubeconfig".into(),
+            self.dir.join("daemon.kubeconfig").display().to_string(),
+        ]
+    }
+
+    fn put(&self, yaml: &str) {
+        let value: serde_json::Value = serde_yaml::from_str(yaml).expect("manifest yaml");
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .expect("a name")
+            .to_string();
+        let ns = value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let labels = value["metadata"]["labels"].clone();
+        let mut bare = value.clone();
+        let status = bare.as_object_mut().and_then(|o| o.remove("status"));
+        self.api(move |client| match kind.as_str() {
+            "Namespace" => {
+                let api: Api<Namespace> = Api::all(client.clone());
+                match get_opt(&api, &name) {
+                    None => create_cluster_scoped::<Namespace>(client, bare),
+                    Some(old) => {
+                        let patch = labels_patch(old.metadata.labels.as_ref(), &labels);
+                        block(api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)))
+                            .expect("patch namespace labels");
+                    }
+                }
+            }
+            "Pod" => {
+                ensure_namespace(client, &ns);
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                match get_opt(&api, &name) {
+                    None => create::<Pod>(client, Some(&ns), bare),
+                    Some(old) => {
+                        let patch = labels_patch(old.metadata.labels.as_ref(), &labels);
+                        block(api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)))
+                            .expect("patch pod labels");
+                    }
+                }
+                // As the kubelet reports it; fields the manifest lacks are cleared.
+                let mut status = status.unwrap_or_else(|| json!({}));
+                for key in ["podIP", "podIPs", "hostIP"] {
+                    if status.get(key).is_none() {
+                        status[key] = serde_json::Value::Null;
+                    }
+                }
+                let patch = json!({ "status": status });
+                block(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)))
+                    .expect("patch pod status");
+            }
+            "NetworkPolicy" => {
+                ensure_namespace(client, &ns);
+                let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+                match get_opt(&api, &name) {
+                    None => create::<NetworkPolicy>(client, Some(&ns), bare),
+                    Some(old) => {
+                        let mut new: NetworkPolicy =
+                            serde_json::from_value(bare).expect("NetworkPolicy");
+                        new.metadata.namespace = Some(ns.clone());
+                        new.metadata.resource_version = old.metadata.resource_version;
+                        block(api.replace(&name, &PostParams::default(), &new))
+                            .expect("replace policy");
+                    }
+                }
+            }
+            "Node" => {
+                let api: Api<Node> = Api::all(client.clone());
+                if get_opt(&api, &name).is_none() {
+                    create_cluster_scoped::<Node>(client, bare);
+                }
+                if let Some(status) = status {
+                    let patch = json!({ "status": status });
+                    block(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)))
+                        .expect("patch node status");
+                }
+            }
+            other => panic!("the API store has no {other:?}"),
+        });
+    }
+
+    fn remove(&self, yaml: &str) {
+        let value: serde_json::Value = serde_yaml::from_str(yaml).expect("manifest yaml");
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .expect("a name")
+            .to_string();
+        let ns = value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        self.api(move |client| {
+            let now = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            let result = match kind.as_str() {
+                "Pod" => block(Api::<Pod>::namespaced(client.clone(), &ns).delete(&name, &now))
+                    .map(|_| ()),
+                "NetworkPolicy" => {
+                    block(Api::<NetworkPolicy>::namespaced(client.clone(), &ns).delete(&name, &now))
+                        .map(|_| ())
+                }
+                "Namespace" => {
+                    block(Api::<Namespace>::all(client.clone()).delete(&name, &now)).map(|_| ())
+                }
+                "Node" => block(Api::<Node>::all(client.clone()).delete(&name, &now)).map(|_| ()),
+                other => panic!("the API store has no {other:?}"),
+            };
+            result.unwrap_or_else(|e| panic!("deleting {kind} {ns}/{name}: {e}"));
+        });
+    }
+
+    fn objects(&self) -> Vec<Object> {
+        self.api(|client| {
+            let lp = ListParams::default();
+            let mut objects: Vec<Object> = Vec::new();
+            let nodes = block(Api::<Node>::all(client.clone()).list(&lp)).expect("nodes");
+            objects.extend(nodes.items.into_iter().map(Object::Node));
+            let nss = block(Api::<Namespace>::all(client.clone()).list(&lp)).expect("namespaces");
+            objects.extend(nss.items.into_iter().map(Object::Namespace));
+            let pols =
+                block(Api::<NetworkPolicy>::all(client.clone()).list(&lp)).expect("policies");
+            objects.extend(pols.items.into_iter().map(Object::NetworkPolicy));
+            let pods = block(Api::<Pod>::all(client.clone()).list(&lp)).expect("pods");
+            objects.extend(
+                pods.items
+                    .into_iter()
+                    .filter(|p| {
+                        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                        !matches!(phase, Some("Succeeded" | "Failed"))
+                    })
+                    .map(Object::Pod),
+            );
+            objects
+        })
+    }
+}
+
+const TRAFFIC_DENY_ALL_SHOP: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+";
+
+/// `db` from `sources` (pod selectors `app: X`) on TCP `port`.
+fn traffic_db_policy(sources: &[&str], port: u16) -> String {
+    let from: Vec<String> = sources
+        .iter()
+        .map(|s| format!("{{podSelector: {{matchLabels: {{app: {s}}}}}}}"))
+        .collect();
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: db-from-backend, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: db}}}}
+  ingress:
+  - from: [{}]
+    ports: [{{protocol: TCP, port: {port}}}]
+",
+        from.join(", ")
+    )
+}
+
+fn traffic_default_deny_and_allow_policy_updated(env: &Env) {
+    use harness::{allow, deny, pod, Scenario, Sctp, Tcp, Udp};
+    let mut t = Scenario::new("api-deny-allow")
+        .store(api_store(env))
+        .pod(pod("shop/db").labels(&[("app", "db")]).dual_stack())
+        .pod(pod("shop/frontend").labels(&[("app", "frontend")]))
+        .pod(
+            pod("shop/backend")
+                .on(1)
+                .labels(&[("app", "backend")])
+                .dual_stack(),
+        )
+        .pod(pod("staging/backend").on(1).labels(&[("app", "backend")]))
+        .policy(TRAFFIC_DENY_ALL_SHOP)
+        .policy(&traffic_db_policy(&["backend"], 80))
+        .start();
+    t.expect(
+        "deny-all + db from backend on tcp/80",
+        &[
+            allow("shop/backend", "shop/db", Tcp, 80),
+            allow("shop/backend", "shop/db", Tcp, 80).v6(),
+            deny("shop/backend", "shop/db", Tcp, 81),
+            deny("shop/backend", "shop/db", Udp, 80),
+            deny("shop/backend", "shop/db", Sctp, 80),
+            deny("shop/frontend", "shop/db", Tcp, 80),
+            deny("staging/backend", "shop/db", Tcp, 80),
+            deny("shop/db", "shop/frontend", Tcp, 80),
+            deny("shop/db", "shop/backend", Udp, 81),
+            deny("outside", "shop/backend", Tcp, 80),
+            allow("shop/db", "staging/backend", Udp, 80),
+            allow("shop/frontend", "outside", Tcp, 81),
+        ],
+    );
+    t.check("deny-all + db from backend on tcp/80");
+
+    // Updated mid-test: tcp/81, and the same-node frontend too.
+    t.apply_policy(&traffic_db_policy(&["backend", "frontend"], 81));
+    t.expect(
+        "db from backend and frontend on tcp/81",
+        &[
+            deny("shop/backend", "shop/db", Tcp, 80),
+            allow("shop/backend", "shop/db", Tcp, 81),
+            allow("shop/backend", "shop/db", Tcp, 81).v6(),
+            allow("shop/frontend", "shop/db", Tcp, 81),
+            deny("staging/backend", "shop/db", Tcp, 81),
+        ],
+    );
+    t.check("db from backend and frontend on tcp/81");
+
+    t.delete_policy("shop/deny-all");
+    t.expect(
+        "deny-all deleted",
+        &[
+            allow("shop/db", "shop/frontend", Tcp, 80),
+            deny("shop/backend", "shop/db", Tcp, 80),
+            allow("outside", "shop/backend", Udp, 80),
+        ],
+    );
+    t.check("deny-all deleted");
+}
+
+fn traffic_pod_and_namespace_relabelled(env: &Env) {
+    use harness::{allow, deny, pod, Scenario, Tcp, Udp};
+    let mut t = Scenario::new("api-relabel")
+        .store(api_store(env))
+        .namespace("client", &[("env", "dev")])
+        .pod(pod("app/server").labels(&[("app", "server")]))
+        .pod(pod("app/c1").on(1).labels(&[("role", "client")]))
+        .pod(pod("app/c2").labels(&[("role", "none")]))
+        .pod(pod("client/c").on(1).labels(&[("role", "client")]))
+        .policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-from-clients, namespace: app}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+  - from: [{namespaceSelector: {matchLabels: {env: prod}}, podSelector: {matchLabels: {role: client}}}]
+",
+        )
+        .start();
+    t.expect(
+        "initial",
+        &[
+            allow("app/c1", "app/server", Tcp, 80),
+            deny("app/c2", "app/server", Tcp, 80),
+            deny("client/c", "app/server", Tcp, 80),
+        ],
+    );
+    t.check("initial");
+
+    t.label_pod("app/c2", &[("role", "client")]);
+    t.label_pod("app/c1", &[("role", "retired")]);
+    t.expect(
+        "clients swapped",
+        &[
+            deny("app/c1", "app/server", Tcp, 80),
+            allow("app/c2", "app/server", Tcp, 80),
+            allow("app/c2", "app/server", Udp, 81),
+        ],
+    );
+    t.check("clients swapped");
+
+    t.label_namespace("client", &[("env", "prod")]);
+    t.expect(
+        "namespace client relabelled prod",
+        &[allow("client/c", "app/server", Tcp, 80)],
+    );
+    t.check("namespace client relabelled prod");
+
+    // The target itself leaves the policy's selector: no longer isolated.
+    t.label_pod("app/server", &[("app", "something-else")]);
+    t.expect(
+        "server unselected",
+        &[allow("app/c1", "app/server", Tcp, 80)],
+    );
+    t.check("server unselected");
 }

@@ -12,6 +12,12 @@
 //! compiled with the guard: the pod CIDRs of its Node object (from the manifests) plus the
 //! ones the harness wrote into its `--flannel-subnet-env` file.
 //!
+//! Where the objects live is pluggable: by default the manifests directory (`--manifests
+//! DIR`); with an [`ObjectStore`] (e.g. a real API server, see tests/kube_api.rs) every
+//! manifest the harness writes or removes is also created, updated or deleted there, the
+//! daemons get the store's flags (e.g. `--kubeconfig F`) instead of `--manifests`, and the
+//! expected text is computed from the objects the store lists back.
+//!
 //! `KNP_TRAFFIC_DRIVER=render|daemon` chooses; without it, `daemon` when the binary has a
 //! `run` subcommand, else `render` (said loudly on stderr).
 
@@ -19,12 +25,12 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use kube_nftpol::compile::{compile_with, fnv1a64, Options};
-use kube_nftpol::model::Cluster as Model;
+use kube_nftpol::model::{Cluster as Model, Object};
 use kube_nftpol::render::text;
 use kube_nftpol::sources::manifests;
 
@@ -98,21 +104,42 @@ pub fn kernel_options() -> Options {
         .clone()
 }
 
-/// The nft text `kube-nftpol run` commits for `target` on the manifests in `dir`, computed
+/// Somewhere other than the manifests directory that the daemons read the cluster from.
+/// The harness still writes every manifest into the directory (the oracle reads it there)
+/// and mirrors each change here.
+pub trait ObjectStore: Send + Sync {
+    /// The flags that point `kube-nftpol run` at the store, instead of `--manifests DIR`.
+    fn daemon_args(&self) -> Vec<String>;
+    /// Creates or updates the object of one manifest (YAML with `kind`).
+    fn put(&self, yaml: &str);
+    /// Deletes the object of one manifest.
+    fn remove(&self, yaml: &str);
+    /// Every object the store holds now, as the daemons would see it.
+    fn objects(&self) -> Vec<Object>;
+}
+
+/// The nft text `kube-nftpol run` commits for `target` on the manifests in `dir` (or on the
+/// objects `store` lists, when there is one), computed
 /// with the library: the kernel's shape, plus the `--fail-closed` guard when the target's
 /// daemon runs with it (its pod CIDRs: the Node object's, read from `dir` by the library,
 /// plus the ones the harness wrote into the daemon's `--flannel-subnet-env` file). The
 /// harness writes only valid manifests: any problem is a harness bug.
-pub fn expected_text(dir: &Path, target: &Target) -> String {
+pub fn expected_text(dir: &Path, store: Option<&dyn ObjectStore>, target: &Target) -> String {
     let node = target.node.as_str();
-    let loaded =
-        manifests::load_dir(dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
-    assert!(
-        loaded.problems.is_empty(),
-        "the harness wrote manifests the product complains about: {:#?}",
-        loaded.problems
-    );
-    let (model, diagnostics) = Model::from_objects(loaded.objects);
+    let objects = match store {
+        Some(store) => store.objects(),
+        None => {
+            let loaded = manifests::load_dir(dir)
+                .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
+            assert!(
+                loaded.problems.is_empty(),
+                "the harness wrote manifests the product complains about: {:#?}",
+                loaded.problems
+            );
+            loaded.objects
+        }
+    };
+    let (model, diagnostics) = Model::from_objects(objects);
     let options = Options {
         fail_closed: target.fail_closed,
         pod_cidrs: if target.fail_closed {
@@ -169,6 +196,8 @@ pub struct Driver {
     generation: usize,
     /// More flags for `kube-nftpol run`.
     extra_args: Vec<String>,
+    /// Where the daemons read the cluster from, when not `dir`.
+    store: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Driver {
@@ -179,6 +208,7 @@ impl Driver {
         work: &Path,
         targets: Vec<Target>,
         extra_args: Vec<String>,
+        store: Option<Arc<dyn ObjectStore>>,
     ) -> Driver {
         let mut driver = Driver {
             kind,
@@ -188,6 +218,7 @@ impl Driver {
             daemons: Vec::new(),
             generation: 0,
             extra_args,
+            store,
         };
         if kind == Kind::Daemon {
             driver.spawn_daemons();
@@ -218,10 +249,12 @@ impl Driver {
             if Path::new("/usr/bin/setpriv").exists() {
                 cmd.args(["/usr/bin/setpriv", "--pdeathsig", "TERM", "--"]);
             }
-            cmd.arg(BINARY)
-                .args(["run", "--node-name", &target.node, "--manifests"])
-                .arg(&self.dir)
-                .arg("--status-file")
+            cmd.arg(BINARY).args(["run", "--node-name", &target.node]);
+            match &self.store {
+                Some(store) => cmd.args(store.daemon_args()),
+                None => cmd.arg("--manifests").arg(&self.dir),
+            };
+            cmd.arg("--status-file")
                 .arg(&status)
                 .args(&self.extra_args)
                 .args(&target.args)
@@ -290,7 +323,7 @@ impl Driver {
         match self.kind {
             Kind::Render => {
                 for target in &self.targets {
-                    let text = expected_text(&self.dir, target);
+                    let text = expected_text(&self.dir, self.store.as_deref(), target);
                     let script =
                         format!("table inet kube-nftpol\ndelete table inet kube-nftpol\n{text}");
                     run(
@@ -318,7 +351,7 @@ impl Driver {
                     .iter()
                     .find(|t| t.node == d.node)
                     .expect("every daemon has its target");
-                status_line(&expected_text(&self.dir, target))
+                status_line(&expected_text(&self.dir, self.store.as_deref(), target))
             })
             .collect();
         let deadline = Instant::now() + CONVERGENCE_DEADLINE;

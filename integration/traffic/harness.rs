@@ -9,7 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -21,7 +22,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::{self, Cluster, PodNet, NODE_NAMES, OUTSIDE_V4};
-use crate::driver::{self, Driver, Target};
+use crate::driver::{self, Driver, ObjectStore, Target};
 use crate::netns::{self, Netns};
 use crate::probe::{self, Outcome, Probe, LONG, SHORT};
 use crate::servers::Ports;
@@ -122,8 +123,14 @@ pub enum PodCidrSource {
     SubnetEnv,
 }
 
+/// Makes the [`ObjectStore`] of a scenario once its cluster exists (e.g. starts an API
+/// server in the underlay namespace); gets the cluster and the scenario's work directory.
+pub type StoreFactory = Box<dyn FnOnce(&Cluster, &Path) -> Arc<dyn ObjectStore>>;
+
 /// A scenario before its cluster exists.
 pub struct Scenario {
+    /// Where the daemons read the objects from, when not the manifests directory.
+    store: Option<StoreFactory>,
     name: String,
     namespaces: BTreeMap<String, Labels>,
     pods: Vec<PodDef>,
@@ -138,6 +145,7 @@ pub struct Scenario {
 impl Scenario {
     pub fn new(name: &str) -> Self {
         Scenario {
+            store: None,
             name: name.into(),
             namespaces: BTreeMap::new(),
             pods: Vec::new(),
@@ -169,6 +177,19 @@ impl Scenario {
     /// oracle's (see [`FailClosedGuard`]).
     pub fn fail_closed(mut self) -> Self {
         self.fail_closed = true;
+        self
+    }
+
+    /// The daemons read the objects from the store `factory` makes after the cluster is
+    /// built, instead of the manifests directory: every manifest written or removed is
+    /// mirrored there, and convergence is computed from what the store lists back. The
+    /// directory stays what the oracle reads.
+    #[allow(dead_code)] // only tests/kube_api.rs uses it
+    pub fn store(
+        mut self,
+        factory: impl FnOnce(&Cluster, &Path) -> Arc<dyn ObjectStore> + 'static,
+    ) -> Self {
+        self.store = Some(Box::new(factory));
         self
     }
 
@@ -246,7 +267,9 @@ impl Scenario {
                 .collect(),
             _ => Vec::new(),
         };
+        let store = self.store.map(|factory| factory(&cluster, &work.path));
         let mut env = Env {
+            store,
             name: self.name,
             kinds: self.kinds,
             namespaces: self.namespaces,
@@ -296,6 +319,7 @@ impl Scenario {
             &env.work.path,
             targets,
             self.daemon_args,
+            env.store.clone(),
         ));
         println!("scenario {}: ready in {:.2?}", env.name, started.elapsed());
         env
@@ -375,6 +399,9 @@ pub struct Env {
     /// `--fail-closed`: each node's guarded pod CIDRs (empty without the flag).
     guarded: Vec<Vec<IpNet>>,
     driver: Option<Driver>,
+    /// Where the daemons read the objects, when not `manifests` (dropped after the daemons,
+    /// before the namespaces).
+    store: Option<Arc<dyn ObjectStore>>,
     pods: Vec<PodRec>,
     cluster: Cluster,
     work: WorkDir,
@@ -522,11 +549,21 @@ impl Env {
         let tmp = self.manifests.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
         std::fs::rename(&tmp, self.manifests.join(file)).expect("renaming a manifest into place");
+        if let Some(store) = &self.store {
+            store.put(text);
+        }
     }
 
     fn remove_file(&self, file: &str) {
         let path = self.manifests.join(file);
+        let text = self
+            .store
+            .as_ref()
+            .map(|_| std::fs::read_to_string(&path).unwrap_or_default());
         std::fs::remove_file(&path).unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+        if let (Some(store), Some(text)) = (&self.store, text) {
+            store.remove(&text);
+        }
     }
 
     fn pod_file(key: &str) -> String {
