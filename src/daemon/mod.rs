@@ -541,7 +541,7 @@ impl StateLoop {
         }
     }
 
-    /// The time of the next due work, if a sync is pending; tests and the bench use it.
+    /// Whether changes are waiting for a sync.
     pub fn sync_pending(&self) -> bool {
         self.pending.is_some()
     }
