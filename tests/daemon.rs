@@ -375,30 +375,8 @@ fn bridge_netfilter_is_turned_on_and_drift_is_repaired() {
     );
 }
 
-/// `GET path` from inside the node's network namespace: (status code, body).
 fn http_get(node: &Node, port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let ns = node.path();
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&ns).ok()?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
-    })
-    .join()
-    .ok()
-    .flatten()
+    support::netns::http_get(&node.path(), port, path)
 }
 
 /// Polls until `GET path` answers, for at most 5 s.

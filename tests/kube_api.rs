@@ -596,26 +596,9 @@ fn assert_kernel_holds(c: &Cluster0, text: &str) {
 }
 
 fn metrics(c: &Cluster0) -> String {
-    use std::io::{Read, Write};
-    let ns = c.path();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&ns).ok()?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", 9476)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        Some(text)
-    })
-    .join()
-    .ok()
-    .flatten()
-    .unwrap_or_default()
+    support::netns::http_get(&c.path(), 9476, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 fn watch_restarts(c: &Cluster0) -> f64 {
@@ -1065,16 +1048,7 @@ impl driver::ObjectStore for ApiStore {
     }
 
     fn put(&self, yaml: &str) {
-        let value: serde_json::Value = serde_yaml::from_str(yaml).expect("manifest yaml");
-        let kind = value["kind"].as_str().unwrap_or_default().to_string();
-        let name = value["metadata"]["name"]
-            .as_str()
-            .expect("a name")
-            .to_string();
-        let ns = value["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
+        let (value, kind, name, ns) = identity(yaml);
         let labels = value["metadata"]["labels"].clone();
         let mut bare = value.clone();
         let status = bare.as_object_mut().and_then(|o| o.remove("status"));
@@ -1143,16 +1117,7 @@ impl driver::ObjectStore for ApiStore {
     }
 
     fn remove(&self, yaml: &str) {
-        let value: serde_json::Value = serde_yaml::from_str(yaml).expect("manifest yaml");
-        let kind = value["kind"].as_str().unwrap_or_default().to_string();
-        let name = value["metadata"]["name"]
-            .as_str()
-            .expect("a name")
-            .to_string();
-        let ns = value["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
+        let (_, kind, name, ns) = identity(yaml);
         self.api(move |client| {
             let now = DeleteParams {
                 grace_period_seconds: Some(0),
@@ -1347,4 +1312,14 @@ spec:
         &[allow("app/c1", "app/server", Tcp, 80)],
     );
     t.check("server unselected");
+}
+
+/// A manifest as JSON, with its kind, name and namespace (`default` when absent).
+fn identity(yaml: &str) -> (serde_json::Value, String, String, String) {
+    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("manifest yaml");
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let kind = text(&value["kind"]).unwrap_or_default();
+    let name = text(&value["metadata"]["name"]).expect("a name");
+    let ns = text(&value["metadata"]["namespace"]).unwrap_or_else(|| "default".into());
+    (value, kind, name, ns)
 }

@@ -17,7 +17,8 @@
 //!   does not wait). What arrives while a sync runs, or right after it, is a burst and
 //!   becomes one sync: the loop waits until the source has been quiet for the debounce time
 //!   (20 ms by default), or at most ten times that since the first change. Events already
-//!   queued are always taken together, so no sync sees half of a directory scan.
+//!   queued are taken together (for at most that cap), so no sync sees half of a directory
+//!   scan.
 //! - Each sync logs its trigger, kind (full / incremental / unchanged), size, and the time from
 //!   the first change being read to the kernel's acknowledgement.
 //! - A failed sync is retried with backoff, as a full replace. Every `--resync-interval` and
@@ -33,6 +34,7 @@ pub mod metrics;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -446,26 +448,20 @@ impl StateLoop {
                 wake = wake.min(due);
             }
             match rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Event::Signal(s)) if s != signal_hook::consts::SIGHUP => {
-                    info!(
-                        signal = s,
-                        "exiting; the rules stay in force (`kube-nftpol cleanup` removes them)"
-                    );
-                    return;
-                }
                 Ok(event) => {
-                    self.handle(event);
+                    if self.handle(event).is_break() {
+                        return;
+                    }
                     // Everything already queued belongs to the same moment (a directory
-                    // scan, events that arrived during the last sync): take it all before
-                    // syncing, so no sync sees half of it.
-                    while let Ok(event) = rx.try_recv() {
-                        if let Event::Signal(s) = event {
-                            if s != signal_hook::consts::SIGHUP {
-                                info!(signal = s, "exiting; the rules stay in force (`kube-nftpol cleanup` removes them)");
-                                return;
-                            }
+                    // scan, events that arrived during the last sync): take it before
+                    // syncing, so no sync sees half of it — but for at most the debounce
+                    // cap, so a source faster than the loop cannot starve the syncs.
+                    let until = Instant::now() + self.config.debounce * 10;
+                    while Instant::now() < until {
+                        let Ok(event) = rx.try_recv() else { break };
+                        if self.handle(event).is_break() {
+                            return;
                         }
-                        self.handle(event);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -479,7 +475,8 @@ impl StateLoop {
     }
 
     /// Takes one event into the state (a sync happens later, in [`StateLoop::turn`]).
-    pub fn handle(&mut self, event: Event) {
+    /// `Break` on SIGTERM/SIGINT: the loop is to exit, leaving the rules in force.
+    pub fn handle(&mut self, event: Event) -> ControlFlow<()> {
         match event {
             Event::Change { change, read_at } => {
                 self.apply(change);
@@ -514,8 +511,15 @@ impl StateLoop {
                 self.dataplane.force_full("SIGHUP");
                 self.note("SIGHUP", Instant::now());
             }
-            Event::Signal(_) => {}
+            Event::Signal(s) => {
+                info!(
+                    signal = s,
+                    "exiting; the rules stay in force (`kube-nftpol cleanup` removes them)"
+                );
+                return ControlFlow::Break(());
+            }
         }
+        ControlFlow::Continue(())
     }
 
     /// Does what is due: a sync, a drift check, a resync, the heartbeat.
@@ -539,11 +543,6 @@ impl StateLoop {
                 self.note("resync", now);
             }
         }
-    }
-
-    /// Whether changes are waiting for a sync.
-    pub fn sync_pending(&self) -> bool {
-        self.pending.is_some()
     }
 
     fn tick(&mut self) {

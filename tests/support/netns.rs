@@ -115,3 +115,30 @@ fn strip_handles(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+/// `GET path` on `127.0.0.1:port` inside the network namespace at `ns` (a path under
+/// /run/netns or /proc): (status code, body), or None if nothing answers.
+pub fn http_get(ns: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let (ns, path) = (ns.to_string(), path.to_string());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).ok()?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
