@@ -220,6 +220,12 @@ const EXTRA_BACKEND: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: backend
 spec: {nodeName: node-b, containers: [{name: c, image: x}]}\n\
 status: {phase: Running, hostIP: 192.168.56.11, podIP: 10.244.2.99, podIPs: [{ip: 10.244.2.99}]}\n";
 
+/// On node-b, labelled like nothing scenario 007's policies select.
+const OTHER_NODE_CACHE: &str =
+    "apiVersion: v1\nkind: Pod\nmetadata: {name: cache, namespace: shop, labels: {app: cache}}\n\
+spec: {nodeName: node-b, containers: [{name: c, image: x}]}\n\
+status: {phase: Running, hostIP: 192.168.56.11, podIP: 10.244.2.98, podIPs: [{ip: 10.244.2.98}]}\n";
+
 #[test]
 fn converges_follows_edits_incrementally_and_keeps_the_objects_of_a_broken_file() {
     let mut node = Node::new("007-db-only-from-backend");
@@ -464,6 +470,30 @@ fn metrics_health_and_readiness_follow_the_syncs() {
         Some(1.0),
         "{m}"
     );
+    let pods = sample(&m, "kube_nftpol_pods").expect("pods gauge");
+    // A pod of another node that no peer set here selects: read, judged unable to alter
+    // this node's ruleset, nothing compiled or sent.
+    node.write("other.yaml", OTHER_NODE_CACHE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let (_, m) = http_wait(&node, 9476, "/metrics");
+        if sample(&m, "kube_nftpol_changes_skipped_total{reason=\"not_read\"}") == Some(1.0) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "change never skipped: {m}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(&m, "kube_nftpol_syncs_total{kind=\"incremental\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "kube_nftpol_pods"),
+        Some(pods + 1.0),
+        "the pod is known: {m}"
+    );
+    node.wait_converged();
     assert_eq!(http_wait(&node, 9476, "/nope").0, 404);
 }
 

@@ -16,7 +16,8 @@
 mod ipblock;
 mod names;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -39,6 +40,52 @@ use names::Namer;
 pub struct Compiled {
     pub ruleset: Ruleset,
     pub diagnostics: Vec<Diagnostic>,
+    /// What the ruleset read of other nodes' pods.
+    pub reads: Reads,
+}
+
+/// What a compiled ruleset read of the pods of other nodes: the selector peers whose sets it
+/// filled, and whether a named-port set looked at every pod having such a port. Everything
+/// else it read — the node's own pods, the policies of their namespaces, namespace labels,
+/// the node's pod CIDRs — does not depend on other nodes' pods. So a change to a pod of
+/// another node that no version of which [`Reads::sees`] cannot change the ruleset: the daemon
+/// skips the compile (tests/compile_reads.rs checks this against full compiles).
+#[derive(Clone, Debug, Default)]
+pub struct Reads {
+    peers: Vec<(NamespaceSel, crate::model::Selector)>,
+    any_pod_ports: bool,
+}
+
+impl Reads {
+    /// Could `pod` (one version of it) be read by the ruleset of `node`?
+    pub fn sees(&self, cluster: &Cluster, node: &str, pod: &Pod) -> bool {
+        if pod.node_name.as_deref() == Some(node) {
+            return true;
+        }
+        if !pod.is_policy_pod() {
+            // Neither a target nor a peer: only policy pods enter sets.
+            return false;
+        }
+        if self.any_pod_ports && !pod.named_ports.is_empty() {
+            return true;
+        }
+        let mut namespace_labels = None;
+        self.peers.iter().any(|(namespaces, selector)| {
+            selector.matches(&pod.labels)
+                && match namespaces {
+                    NamespaceSel::Own(ns) => *ns == pod.namespace,
+                    NamespaceSel::Matching(sel) => sel.matches(
+                        namespace_labels
+                            .get_or_insert_with(|| cluster.namespace_labels(&pod.namespace)),
+                    ),
+                }
+        })
+    }
+
+    /// Peers read (for the bench and logs).
+    pub fn peers(&self) -> usize {
+        self.peers.len()
+    }
 }
 
 /// Names of the fixed objects.
@@ -109,6 +156,8 @@ pub fn compile_with(cluster: &Cluster, node: &str, options: &Options) -> Compile
         namer: Namer::default(),
         chains: BTreeMap::new(),
         sets: BTreeMap::new(),
+        peer_memo: HashMap::new(),
+        any_pod_ports: false,
     };
     let mut diagnostics = Vec::new();
 
@@ -251,9 +300,14 @@ pub fn compile_with(cluster: &Cluster, node: &str, options: &Options) -> Compile
     for (name, spec) in std::mem::take(&mut b.sets) {
         ruleset.sets.insert(name, b.fill(spec));
     }
+    let reads = Reads {
+        peers: b.peer_memo.into_keys().collect(),
+        any_pod_ports: b.any_pod_ports,
+    };
     Compiled {
         ruleset,
         diagnostics,
+        reads,
     }
 }
 
@@ -380,11 +434,17 @@ fn input_chain() -> Chain {
 }
 
 /// Lookups over the cluster the compiler needs, built once per compile.
+/// Protocol → port name → the pods having it, with its number on each.
+type NamedPortIndex<'c> = HashMap<Protocol, HashMap<&'c str, Vec<(&'c Pod, u16)>>>;
+
 struct Index<'c> {
     policies_by_ns: BTreeMap<&'c str, Vec<&'c Policy>>,
     /// Policy pods (live, not hostNetwork) by namespace.
     pods_by_ns: BTreeMap<&'c str, Vec<&'c Pod>>,
     namespaces: Vec<(&'c str, Labels)>,
+    /// Policy pods having a named port, by (name, protocol), with what it resolves to:
+    /// built on first use by a named-port set whose remote end is any pod.
+    named_ports: OnceCell<NamedPortIndex<'c>>,
 }
 
 impl<'c> Index<'c> {
@@ -396,12 +456,26 @@ impl<'c> Index<'c> {
                 .or_default()
                 .push(p);
         }
-        let mut pods_by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        // Pods are kept in (namespace, name) order: group runs instead of a map lookup per pod.
+        let mut runs: Vec<(&str, Vec<&Pod>)> = Vec::new();
         for p in cluster.pods().filter(|p| p.is_policy_pod()) {
-            pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);
+            match runs.last_mut() {
+                Some((ns, pods)) if *ns == p.namespace => pods.push(p),
+                _ => runs.push((p.namespace.as_str(), vec![p])),
+            }
         }
-        let namespaces = cluster
-            .namespace_names()
+        let mut pods_by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for (ns, pods) in runs {
+            pods_by_ns.entry(ns).or_default().extend(pods);
+        }
+        // Namespaces without policy pods select no peers: the explicit ones and those of the
+        // pods are all a namespace selector can draw from.
+        let names: BTreeSet<&str> = cluster
+            .namespaces()
+            .map(|n| n.name.as_str())
+            .chain(pods_by_ns.keys().copied())
+            .collect();
+        let namespaces = names
             .into_iter()
             .map(|n| (n, cluster.namespace_labels(n)))
             .collect();
@@ -409,7 +483,35 @@ impl<'c> Index<'c> {
             policies_by_ns,
             pods_by_ns,
             namespaces,
+            named_ports: OnceCell::new(),
         }
+    }
+
+    /// Policy pods with a port `name`/`protocol`, and its number on each.
+    fn pods_with_port(&self, name: &str, protocol: Protocol) -> &[(&'c Pod, u16)] {
+        let index = self.named_ports.get_or_init(|| {
+            let mut index = NamedPortIndex::new();
+            for pod in self.all_pods() {
+                for port in &pod.named_ports {
+                    // The first port of a name and protocol is the one that resolves.
+                    if pod.resolve_port(&port.name, port.protocol) != Some(port.port) {
+                        continue;
+                    }
+                    index
+                        .entry(port.protocol)
+                        .or_default()
+                        .entry(port.name.as_str())
+                        .or_default()
+                        .push((pod, port.port));
+                }
+            }
+            index
+        });
+        index
+            .get(&protocol)
+            .and_then(|by_name| by_name.get(name))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     fn policies_in(&self, namespace: &str) -> impl Iterator<Item = &'c Policy> + '_ {
@@ -490,9 +592,15 @@ struct Builder<'i, 'c> {
     namer: Namer,
     chains: BTreeMap<String, Vec<Rule>>,
     sets: BTreeMap<String, SetSpec>,
+    /// A named-port set read every pod having one of its ports (remote end any pod or an
+    /// ipBlock), wherever it runs.
+    any_pod_ports: bool,
+    /// Pods each selector peer selects: computed once per compile, shared by the v4, v6 and
+    /// named-port sets of the same peer.
+    peer_memo: HashMap<(NamespaceSel, crate::model::Selector), Vec<&'c Pod>>,
 }
 
-impl Builder<'_, '_> {
+impl<'c> Builder<'_, 'c> {
     /// The chain for `pod` in `direction`, built on first use. Its identity is the set of
     /// policies and, for ingress, what their named ports resolve to on this pod.
     fn target_chain(&mut self, direction: Direction, policies: &[&Policy], pod: &Pod) -> String {
@@ -699,8 +807,20 @@ impl Builder<'_, '_> {
         name
     }
 
+    /// The pods a selector peer selects (memoised for this compile).
+    fn peer_pods(
+        &mut self,
+        namespaces: &NamespaceSel,
+        pods: &crate::model::Selector,
+    ) -> &[&'c Pod] {
+        let index = self.index;
+        self.peer_memo
+            .entry((namespaces.clone(), pods.clone()))
+            .or_insert_with(|| index.peer_pods(namespaces, pods))
+    }
+
     /// Computes the elements of a named set.
-    fn fill(&self, spec: SetSpec) -> Set {
+    fn fill(&mut self, spec: SetSpec) -> Set {
         match spec {
             SetSpec::Pods {
                 namespaces,
@@ -708,9 +828,8 @@ impl Builder<'_, '_> {
                 family,
             } => {
                 let elements = self
-                    .index
                     .peer_pods(&namespaces, &pods)
-                    .into_iter()
+                    .iter()
                     .flat_map(|p| p.ips.iter())
                     .filter(|ip| Family::of(ip) == family)
                     .map(|ip| Element::Addr(*ip))
@@ -741,26 +860,35 @@ impl Builder<'_, '_> {
                 family,
                 ports,
             } => {
-                let pods: Vec<&Pod> = match &remote {
-                    Remote::Any => self.index.all_pods().collect(),
-                    Remote::Peer(Peer::Pods { namespaces, pods }) => {
-                        self.index.peer_pods(namespaces, pods)
-                    }
-                    Remote::Peer(Peer::IpBlock(_)) => self.index.all_pods().collect(),
-                };
                 let mut elements = BTreeSet::new();
-                for pod in pods {
-                    for (name, proto) in &ports {
-                        let Some(port) = pod.resolve_port(name, *proto) else {
-                            continue;
-                        };
-                        for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
-                            if let Remote::Peer(Peer::IpBlock(block)) = &remote {
-                                if !ipblock::contains(block, ip) {
-                                    continue;
+                let mut add = |pod: &Pod, proto: Protocol, port: u16| {
+                    for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
+                        if let Remote::Peer(Peer::IpBlock(block)) = &remote {
+                            if !ipblock::contains(block, ip) {
+                                continue;
+                            }
+                        }
+                        elements.insert(Element::AddrProtoPort(*ip, proto, port));
+                    }
+                };
+                match &remote {
+                    Remote::Peer(Peer::Pods { namespaces, pods }) => {
+                        let pods = self.peer_pods(namespaces, pods);
+                        for pod in pods {
+                            for (name, proto) in &ports {
+                                if let Some(port) = pod.resolve_port(name, *proto) {
+                                    add(pod, *proto, port);
                                 }
                             }
-                            elements.insert(Element::AddrProtoPort(*ip, *proto, port));
+                        }
+                    }
+                    // Any pod, or any pod inside the block (filtered per address above).
+                    Remote::Any | Remote::Peer(Peer::IpBlock(_)) => {
+                        self.any_pod_ports = true;
+                        for (name, proto) in &ports {
+                            for (pod, port) in self.index.pods_with_port(name, *proto) {
+                                add(pod, *proto, *port);
+                            }
                         }
                     }
                 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub event_to_commit: Histogram,
     pub syncs: Family<Labels, Counter>,
     pub sync_failures: Family<Labels, Counter>,
+    /// Changes that could not alter this node's ruleset, by reason: no compile, no sync.
+    pub changes_skipped: Family<Labels, Counter>,
     pub watch_restarts: Family<Labels, Counter>,
     pub drift_repairs: Counter,
     pub local_targets: Gauge,
@@ -61,6 +63,7 @@ impl Metrics {
             event_to_commit,
             syncs: Family::default(),
             sync_failures: Family::default(),
+            changes_skipped: Family::default(),
             watch_restarts: Family::default(),
             drift_repairs: Counter::default(),
             local_targets: Gauge::default(),
@@ -89,6 +92,13 @@ impl Metrics {
             "sync_failures",
             "Syncs that failed, by reason; the previous rules stayed in force",
             m.sync_failures.clone(),
+        );
+        registry.register(
+            "changes_skipped",
+            "Changes read that could not alter this node's ruleset, so were not compiled: \
+             reason=\"unchanged\" (equal to what was known once trimmed, e.g. a pod status \
+             update), reason=\"not_read\" (a pod of another node that no peer set here selects)",
+            m.changes_skipped.clone(),
         );
         registry.register(
             "watch_restarts",

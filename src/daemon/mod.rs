@@ -42,9 +42,9 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
-use crate::compile::{compile_with, fnv1a64, guarded_cidrs, Options};
+use crate::compile::{compile_with, fnv1a64, guarded_cidrs, Compiled, Options, Reads};
 use crate::dataplane::{probe, Dataplane, SyncKind};
-use crate::model::{Cluster, Diagnostic};
+use crate::model::{Cluster, Diagnostic, Stored};
 use crate::render::text;
 use crate::ruleset::Ruleset;
 use crate::sources::watch::Watcher;
@@ -173,6 +173,9 @@ pub struct SyncReport {
     pub latency: Duration,
     pub compile: Duration,
     pub apply: Duration,
+    /// False when every change was skipped (could not alter the ruleset): nothing was
+    /// compiled or sent.
+    pub compiled: bool,
 }
 
 /// Changes waiting for a sync.
@@ -184,6 +187,9 @@ struct Pending {
     /// The first change after a quiet period: synced at once (leading edge), without
     /// waiting for the debounce; what arrives while that sync runs is debounced.
     leading: bool,
+    /// Some change may alter the ruleset. When none can (every one was skipped, see
+    /// [`StateLoop::apply`]), the sync compiles and sends nothing.
+    matters: bool,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -362,6 +368,8 @@ pub struct StateLoop {
     ready: bool,
     synced_once: bool,
     pending: Option<Pending>,
+    /// What the last compiled ruleset read of other nodes' pods.
+    reads: Option<Reads>,
     next_drift_check: Instant,
     next_resync: Instant,
     next_tick: Instant,
@@ -393,6 +401,7 @@ impl StateLoop {
             ready: false,
             synced_once: false,
             pending: None,
+            reads: None,
             retry: None,
             last_sync: None,
             logged: BTreeSet::new(),
@@ -403,7 +412,7 @@ impl StateLoop {
         }
     }
 
-    fn note(&mut self, trigger: &'static str, read_at: Instant) {
+    fn note(&mut self, trigger: &'static str, read_at: Instant, matters: bool) {
         let now = Instant::now();
         let quiet = self
             .last_sync
@@ -414,8 +423,10 @@ impl StateLoop {
             last_event: now,
             events: 0,
             leading: quiet,
+            matters: false,
         });
         p.events += 1;
+        p.matters |= matters;
         p.last_event = now;
         p.first_read = p.first_read.min(read_at);
     }
@@ -479,8 +490,15 @@ impl StateLoop {
     pub fn handle(&mut self, event: Event) -> ControlFlow<()> {
         match event {
             Event::Change { change, read_at } => {
-                self.apply(change);
-                self.note("change", read_at);
+                let skipped = self.apply(change);
+                if let Some(reason) = skipped {
+                    self.shared
+                        .metrics
+                        .changes_skipped
+                        .get_or_create(&vec![("reason", reason)])
+                        .inc();
+                }
+                self.note("change", read_at, skipped.is_none());
             }
             Event::InitDone => {
                 info!(
@@ -490,7 +508,7 @@ impl StateLoop {
                     "initial state read"
                 );
                 self.ready = true;
-                self.note("initial", Instant::now());
+                self.note("initial", Instant::now(), true);
                 if let Some(p) = self.pending.as_mut() {
                     p.trigger = "initial";
                 }
@@ -509,7 +527,7 @@ impl StateLoop {
             Event::Signal(s) if s == signal_hook::consts::SIGHUP => {
                 info!("SIGHUP: full resync");
                 self.dataplane.force_full("SIGHUP");
-                self.note("SIGHUP", Instant::now());
+                self.note("SIGHUP", Instant::now(), true);
             }
             Event::Signal(s) => {
                 info!(
@@ -540,7 +558,7 @@ impl StateLoop {
             self.next_resync = now + self.config.resync_interval;
             if self.synced_once {
                 self.dataplane.force_full("periodic resync");
-                self.note("resync", now);
+                self.note("resync", now, true);
             }
         }
     }
@@ -554,7 +572,7 @@ impl StateLoop {
             if cidrs != self.flannel_cidrs {
                 info!(file = %self.config.flannel_subnet_env.display(), ?cidrs, "Flannel subnet file changed");
                 self.flannel_cidrs = cidrs;
-                self.note("subnet.env", Instant::now());
+                self.note("subnet.env", Instant::now(), true);
             }
         }
         let on = bridge::state(&self.config.proc_sys);
@@ -594,21 +612,50 @@ impl StateLoop {
             .set(i64::from(self.shared.health.ready()));
     }
 
-    fn apply(&mut self, change: Change) {
-        let diags = match change {
-            Change::Apply(object) => self.cluster.apply(&object),
-            Change::Delete(object) => {
-                self.cluster.delete(&object);
-                vec![]
+    /// Takes one change into the cluster state. Returns why it cannot alter this node's
+    /// ruleset, if it cannot: `unchanged` (equal to what was known once trimmed — most pod
+    /// updates are status changes policies do not see) or `not_read` (a pod of another node
+    /// that no peer set of the last compiled ruleset selects, before or after; see
+    /// [`Reads`], checked against full compiles by tests/compile_reads.rs).
+    fn apply(&mut self, change: Change) -> Option<&'static str> {
+        let (target, before, diags) = match change {
+            Change::Apply(object) => {
+                let target = object.object_ref();
+                let before = self.cluster.stored(&target);
+                let diags = self.cluster.apply(&object);
+                (target, before, diags)
+            }
+            Change::Delete(target) => {
+                let before = self.cluster.stored(&target);
+                self.cluster.delete(&target);
+                (target, before, vec![])
             }
             Change::Reset(kind, objects) => {
                 debug!(kind = kind.as_str(), objects = objects.len(), "re-listed");
-                self.cluster.reset(kind, &objects)
+                for d in self.cluster.reset(kind, &objects) {
+                    warn!(object = %d.object, field = %d.field, "{d}");
+                }
+                return None;
             }
         };
         for d in diags {
             warn!(object = %d.object, field = %d.field, "{d}");
         }
+        let after = self.cluster.stored(&target);
+        if before == after {
+            return Some("unchanged");
+        }
+        let reads = self.reads.as_ref()?;
+        let node = self.config.node_name.as_str();
+        let seen = |version: &Option<Stored>| match version {
+            None => false,
+            Some(Stored::Pod(pod)) => reads.sees(&self.cluster, node, pod),
+            Some(_) => true,
+        };
+        if seen(&before) || seen(&after) {
+            return None;
+        }
+        Some("not_read")
     }
 
     fn options(&mut self) -> Options {
@@ -641,10 +688,36 @@ impl StateLoop {
         let Some(pending) = self.pending.take() else {
             return;
         };
+        if !pending.matters && self.reads.is_some() && self.retry.is_none() {
+            // Every change since the last sync was skipped: the committed ruleset is still
+            // the one the cluster gives. Nothing to compile or send.
+            debug!(
+                events = pending.events,
+                "changes cannot alter this node's ruleset; nothing to sync"
+            );
+            self.cluster_gauges();
+            if let Some(tx) = &self.reports {
+                let _ = tx.send(SyncReport {
+                    trigger: pending.trigger,
+                    kind: SyncKind::Unchanged,
+                    events: pending.events,
+                    latency: pending.first_read.elapsed(),
+                    compile: Duration::ZERO,
+                    apply: Duration::ZERO,
+                    compiled: false,
+                });
+            }
+            return;
+        }
         let started = Instant::now();
         let options = self.options();
-        let compiled = compile_with(&self.cluster, &self.config.node_name, &options);
-        for d in &compiled.diagnostics {
+        let Compiled {
+            ruleset,
+            diagnostics,
+            reads,
+        } = compile_with(&self.cluster, &self.config.node_name, &options);
+        self.reads = Some(reads);
+        for d in &diagnostics {
             if self.logged.insert(d.clone()) {
                 warn!(object = %d.object, field = %d.field, "{d}");
             }
@@ -654,10 +727,10 @@ impl StateLoop {
             .config
             .status_file
             .as_ref()
-            .map(|_| fnv1a64(text::render(&compiled.ruleset).as_bytes()));
-        self.gauges(&compiled.ruleset);
+            .map(|_| fnv1a64(text::render(&ruleset).as_bytes()));
+        self.gauges(&ruleset);
         let m = &self.shared.metrics;
-        match self.dataplane.apply(compiled.ruleset) {
+        match self.dataplane.apply(ruleset) {
             Ok(applied) => {
                 self.retry = None;
                 let s = applied.summary;
@@ -704,6 +777,7 @@ impl StateLoop {
                         latency,
                         compile: compile_time,
                         apply: applied.elapsed,
+                        compiled: true,
                     });
                 }
             }
@@ -743,6 +817,11 @@ impl StateLoop {
                 .map(|(_, s)| s.elements.len() as i64)
                 .sum(),
         );
+        self.cluster_gauges();
+    }
+
+    fn cluster_gauges(&self) {
+        let m = &self.shared.metrics;
         m.policies.set(self.cluster.policies().count() as i64);
         m.pods.set(self.cluster.pods().count() as i64);
     }
@@ -753,7 +832,7 @@ impl StateLoop {
             Ok(Some(what)) => {
                 warn!(drift = %what, "the table was changed by someone else; replacing it");
                 self.shared.metrics.drift_repairs.inc();
-                self.note("drift", Instant::now());
+                self.note("drift", Instant::now(), true);
             }
             Err(e) => warn!(reason = e.metric_label(), "drift check failed: {e}"),
         }

@@ -320,6 +320,15 @@ impl Policy {
     }
 }
 
+/// One object as the model holds it (owned): what a change did is `before != after`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stored {
+    Namespace(Namespace),
+    Node(Node),
+    Pod(Pod),
+    NetworkPolicy(Policy),
+}
+
 /// The whole cluster as far as policy is concerned.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
@@ -362,6 +371,30 @@ impl Cluster {
             }
         }
         diags
+    }
+
+    /// The model's copy of one object, if known.
+    pub fn stored(&self, object: &ObjectRef) -> Option<Stored> {
+        let key = || {
+            (
+                object.namespace.clone().unwrap_or_default(),
+                object.name.clone(),
+            )
+        };
+        match object.kind {
+            Kind::Namespace => self
+                .namespaces
+                .get(&object.name)
+                .cloned()
+                .map(Stored::Namespace),
+            Kind::Node => self.nodes.get(&object.name).cloned().map(Stored::Node),
+            Kind::Pod => self.pods.get(&key()).cloned().map(Stored::Pod),
+            Kind::NetworkPolicy => self
+                .policies
+                .get(&key())
+                .cloned()
+                .map(Stored::NetworkPolicy),
+        }
     }
 
     /// Removes one object; unknown objects are ignored.

@@ -107,7 +107,7 @@ impl Rng {
 const NAMESPACE_POOL: [&str; 4] = ["default", "alpha", "beta", "gamma"];
 
 /// Pod label keys and values; `""` is a real value. `zone` is never set on a pod.
-const POD_VOCAB: &[(&str, &[&str])] = &[
+pub const POD_VOCAB: &[(&str, &[&str])] = &[
     ("app", &["web", "db", "api"]),
     ("tier", &["front", "back"]),
     ("env", &["prod", "dev", ""]),
