@@ -61,7 +61,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube_nftpol::daemon::metrics::Shared;
-use kube_nftpol::daemon::{Config, Event, Source, StateLoop, SyncReport};
+use kube_nftpol::daemon::{Config, Event, Source, StateLoop, SyncReport, EVENT_QUEUE};
 use kube_nftpol::dataplane::{probe, Dataplane, SyncKind};
 use kube_nftpol::model::{Kind, Object, ObjectRef};
 use kube_nftpol::sources::Change;
@@ -623,7 +623,7 @@ fn child(run: &str, tmp: &Path, sizes: Sizes) {
 
 /// The daemon under test: a [`StateLoop`] on a thread of its own network namespace.
 struct Daemon {
-    tx: Sender<Event>,
+    tx: SyncSender<Event>,
     reports: Receiver<SyncReport>,
     thread: Option<JoinHandle<()>>,
 }
@@ -644,7 +644,8 @@ impl Daemon {
         // Every sync of the run is caused by the bench's events.
         config.drift_check_interval = Duration::from_secs(3600);
         config.resync_interval = Duration::from_secs(3600);
-        let (tx, rx) = mpsc::channel();
+        // Bounded as in `daemon::run`: a storm's producer waits when the loop is behind.
+        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         let (report_tx, reports) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -713,7 +714,7 @@ impl Daemon {
     }
 }
 
-fn send(tx: &Sender<Event>, change: Change) {
+fn send(tx: &SyncSender<Event>, change: Change) {
     tx.send(Event::Change {
         change,
         read_at: Instant::now(),

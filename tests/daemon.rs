@@ -629,3 +629,88 @@ fn usage_errors_exit_2_with_one_line() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2), "one source only");
 }
+
+/// The pod CIDR elements of `set` in the daemon's table (none if the set does not exist).
+fn set_elements(node: &Node, set: &str) -> Option<String> {
+    let (ok, out, _) = nft_status(
+        &node.path(),
+        &["list", "set", "inet", "kube-nftpol", set],
+        None,
+    );
+    ok.then(|| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("elements = "))
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
+fn wait_for(what: &str, node: &Node, mut ok: impl FnMut() -> bool) {
+    // The subnet file is re-read every 5 s tick.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn fail_closed_follows_a_flannel_subnet_file_written_and_changed_after_start() {
+    let mut node = Node::new("007-db-only-from-backend");
+    let env = node.dir.with_file_name("subnet.env");
+    let env_arg = env.to_string_lossy().into_owned();
+    // No Node object in 007 and no subnet file yet: no pod CIDR known, nothing guarded.
+    node.start(&["--fail-closed", "--flannel-subnet-env", &env_arg]);
+    wait_for("the first sync", &node, || !node.status().is_empty());
+    assert_eq!(set_elements(&node, "podcidrs-v4"), None);
+    assert!(
+        node.log().contains("no pod CIDR known for this node"),
+        "{}",
+        node.log()
+    );
+
+    // flanneld writes its file after we started.
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n",
+    )
+    .expect("write subnet.env");
+    wait_for("guarding 10.244.1.0/24", &node, || {
+        set_elements(&node, "podcidrs-v4").is_some_and(|e| e.contains("10.244.1.0/24"))
+    });
+    // Every running pod of node-a in the manifests is programmed, so let through.
+    let loaded = manifests::load_dir(&node.dir).expect("manifests");
+    let (cluster, _) = Cluster::from_objects(loaded.objects);
+    let local: Vec<String> = cluster
+        .pods()
+        .filter(|p| p.node_name.as_deref() == Some("node-a") && p.is_policy_pod())
+        .flat_map(|p| p.ips.iter().map(|ip| ip.to_string()))
+        .collect();
+    assert!(!local.is_empty());
+    let programmed = set_elements(&node, "programmed-v4").unwrap_or_default();
+    let listed: Vec<&str> = programmed
+        .trim_matches(|c| c == '{' || c == '}' || c == ' ')
+        .split(", ")
+        .collect();
+    assert_eq!(listed.len(), local.len(), "{programmed} vs {local:?}");
+    assert!(
+        local.iter().all(|ip| listed.contains(&ip.as_str())),
+        "{programmed} vs {local:?}"
+    );
+
+    // The node got another subnet (flanneld restarted with a new lease).
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n",
+    )
+    .expect("rewrite subnet.env");
+    wait_for("guarding 10.244.7.0/24 only", &node, || {
+        set_elements(&node, "podcidrs-v4")
+            .is_some_and(|e| e.contains("10.244.7.0/24") && !e.contains("10.244.1.0/24"))
+    });
+    assert!(node.log().contains("Flannel subnet file changed"));
+}

@@ -36,7 +36,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -192,6 +192,13 @@ struct Pending {
     matters: bool,
 }
 
+/// Events the sources may queue ahead of the state loop. A source that gets further ahead
+/// (an event storm: a rolling restart of every pod) waits — the API watch stops reading,
+/// TCP flow control does the rest — so a storm costs bounded memory, not one queued object
+/// per event. The loop takes what is queued before each sync, so a full queue is taken
+/// whole by the next sync.
+pub const EVENT_QUEUE: usize = 1024;
+
 /// Runs until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<(), Error> {
     let shared = Shared::default();
@@ -247,7 +254,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         ..features.options()
     };
 
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
     spawn_signals(tx.clone())?;
     match &config.source {
         Source::Manifests(dir) => spawn_manifests(dir.clone(), tx.clone()),
@@ -292,7 +299,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-fn spawn_signals(tx: Sender<Event>) -> Result<(), Error> {
+fn spawn_signals(tx: SyncSender<Event>) -> Result<(), Error> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Error::Signals)?;
@@ -309,7 +316,7 @@ fn spawn_signals(tx: Sender<Event>) -> Result<(), Error> {
     Ok(())
 }
 
-fn spawn_manifests(dir: PathBuf, tx: Sender<Event>) {
+fn spawn_manifests(dir: PathBuf, tx: SyncSender<Event>) {
     let spawned = std::thread::Builder::new().name("manifests".into()).spawn(move || {
         let mut watcher = Watcher::new(&dir);
         let mut initial = true;
