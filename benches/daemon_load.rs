@@ -53,6 +53,7 @@
 //!
 //! Run, as root: `cargo bench --bench daemon_load`. Sizes: `BENCH_PODS` (10000),
 //! `BENCH_POLICIES` (1000), `BENCH_STEADY_CHANGES` (200), `BENCH_STORM_BUDGET_S` (60).
+//! `BENCH_LOAD_ONLY=1`: only the initial load by one daemon (its memory holding the cluster).
 
 #[path = "synth/mod.rs"]
 mod synth;
@@ -82,6 +83,9 @@ const CHILD_ENV: &str = "DAEMON_LOAD_CHILD";
 const TMP_ENV: &str = "DAEMON_LOAD_TMP";
 /// Set in a child: the node under test.
 const NODE_ENV: &str = "DAEMON_LOAD_NODE";
+/// Set (to anything): only the initial load, by the first daemon — the memory of a daemon
+/// holding the cluster, for the sizes of BENCHMARKS.md.
+const LOAD_ONLY_ENV: &str = "BENCH_LOAD_ONLY";
 /// Prefix of a child's result lines on its stdout.
 const MARK: &str = "@daemon_load ";
 
@@ -347,6 +351,9 @@ fn parent(sizes: Sizes) {
     let mut msgs: Vec<(usize, Msg)> = Vec::new();
     for (i, (run, what)) in RUNS.iter().enumerate() {
         let d = i + 1;
+        if i > 0 && std::env::var_os(LOAD_ONLY_ENV).is_some() {
+            break;
+        }
         if *run == "storm-b" && !msgs.iter().any(|(_, m)| matches!(m, Msg::StormBSkipped)) {
             continue;
         }
@@ -554,6 +561,7 @@ fn child(run: &str, tmp: &Path, sizes: Sizes) {
         other => panic!("unknown daemon run {other:?}"),
     };
     let label = format!("{} ms debounce", debounce.as_millis());
+    let load_only = std::env::var_os(LOAD_ONLY_ENV).is_some();
     let node = std::env::var(NODE_ENV).expect("the parent sets DAEMON_LOAD_NODE");
     emit_memory("start");
     let mut world = World::new(&node, sizes.pods);
@@ -566,6 +574,10 @@ fn child(run: &str, tmp: &Path, sizes: Sizes) {
         world.pods.len(),
         world.policies.len()
     )));
+    if load_only {
+        daemon.stop();
+        return;
+    }
     reset_peak();
 
     let absorbed = match run {

@@ -1,11 +1,13 @@
-//! Dataplane benchmark: a synthetic cluster (default 10,000 pods, 1,000 policies, 110 pods
-//! on the node) committed to the kernel in a private network namespace, then the syncs that
+//! Dataplane benchmark: synthetic clusters (110 pods on the node under test; sizes below)
+//! committed to the kernel in a private network namespace, then the syncs that
 //! follow single changes: a replica added on another node and on this node, a pod deleted, a
 //! pod relabelled, a policy added, a policy edited. Prints compile and apply times (the
 //! apply time is building the transaction through the kernel's last acknowledgement) and
 //! what each transaction contained. Asserts nothing. Needs root.
 //!
-//! `cargo bench --bench dataplane` (sizes: `BENCH_PODS`, `BENCH_POLICIES`, `BENCH_ROUNDS`).
+//! `cargo bench --bench dataplane`: (1k pods, 100 policies), (10k, 1k) and (50k, 5k), each in
+//! a fresh network namespace. Sizes: `BENCH_SIZES=1000x100,...` or one size with
+//! `BENCH_PODS`/`BENCH_POLICIES`; `BENCH_ROUNDS` changes of each kind (30).
 
 #[path = "synth/mod.rs"]
 mod synth;
@@ -94,15 +96,37 @@ fn main() {
         println!("dataplane bench: skipped (needs root to create a private network namespace)");
         return;
     }
-    let pods = env("BENCH_PODS", 10_000);
-    let policies = env("BENCH_POLICIES", 1_000);
     let rounds = env("BENCH_ROUNDS", 30);
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        run(pods, policies, rounds);
-    })
-    .join()
-    .expect("bench thread");
+    for (pods, policies) in sizes() {
+        // A fresh network namespace per size: the thread unshares its own.
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            run(pods, policies, rounds);
+        })
+        .join()
+        .expect("bench thread");
+        println!();
+    }
+}
+
+/// `BENCH_SIZES` (`pods x policies`, comma-separated), or `BENCH_PODS`/`BENCH_POLICIES` for
+/// one size; by default the three sizes of BENCHMARKS.md.
+fn sizes() -> Vec<(usize, usize)> {
+    if std::env::var_os("BENCH_PODS").is_some() || std::env::var_os("BENCH_POLICIES").is_some() {
+        return vec![(env("BENCH_PODS", 10_000), env("BENCH_POLICIES", 1_000))];
+    }
+    let text = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "1000x100,10000x1000,50000x5000".to_string());
+    text.split(',')
+        .map(|size| {
+            let parsed = size
+                .trim()
+                .split_once('x')
+                .and_then(|(p, q)| Some((p.parse().ok()?, q.parse().ok()?)));
+            parsed.unwrap_or_else(|| panic!("BENCH_SIZES: {size:?} is not PODSxPOLICIES"))
+        })
+        .collect()
 }
 
 fn run(pods: usize, policies: usize, rounds: usize) {
