@@ -38,6 +38,9 @@ mod probe;
 #[allow(dead_code, unused_imports)]
 #[path = "../integration/traffic/servers.rs"]
 mod servers;
+
+#[path = "../integration/traffic/shared.rs"]
+mod shared;
 #[allow(dead_code, unused_imports)]
 #[path = "../integration/traffic/table.rs"]
 mod table;
@@ -79,12 +82,16 @@ fn main() -> ExitCode {
         ),
         (
             "traffic_default_deny_and_allow_same_and_cross_node_policy_updated",
-            traffic_default_deny_and_allow_policy_updated,
+            |env| {
+                shared::default_deny_and_allow_policy_updated(
+                    "api-deny-allow",
+                    Some(api_store(env)),
+                )
+            },
         ),
-        (
-            "traffic_pod_and_namespace_relabelled",
-            traffic_pod_and_namespace_relabelled,
-        ),
+        ("traffic_pod_and_namespace_relabelled", |env| {
+            shared::pod_and_namespace_relabelled("api-relabel", Some(api_store(env)))
+        }),
     ];
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let selected: Vec<_> = tests
@@ -881,11 +888,9 @@ struct ApiStore {
 }
 
 /// A [`harness::StoreFactory`] for `Scenario::store`.
-fn api_store(
-    env: &Env,
-) -> impl FnOnce(&cluster::Cluster, &Path) -> std::sync::Arc<dyn driver::ObjectStore> + 'static {
+fn api_store(env: &Env) -> shared::StoreFactory {
     let assets = env.assets.clone();
-    move |cluster, work| std::sync::Arc::new(ApiStore::start(&assets, cluster, work))
+    Box::new(move |cluster, work| std::sync::Arc::new(ApiStore::start(&assets, cluster, work)))
 }
 
 impl ApiStore {
@@ -1164,154 +1169,6 @@ impl driver::ObjectStore for ApiStore {
             objects
         })
     }
-}
-
-const TRAFFIC_DENY_ALL_SHOP: &str = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: deny-all, namespace: shop}
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
-";
-
-/// `db` from `sources` (pod selectors `app: X`) on TCP `port`.
-fn traffic_db_policy(sources: &[&str], port: u16) -> String {
-    let from: Vec<String> = sources
-        .iter()
-        .map(|s| format!("{{podSelector: {{matchLabels: {{app: {s}}}}}}}"))
-        .collect();
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: db-from-backend, namespace: shop}}
-spec:
-  podSelector: {{matchLabels: {{app: db}}}}
-  ingress:
-  - from: [{}]
-    ports: [{{protocol: TCP, port: {port}}}]
-",
-        from.join(", ")
-    )
-}
-
-fn traffic_default_deny_and_allow_policy_updated(env: &Env) {
-    use harness::{allow, deny, pod, Scenario, Sctp, Tcp, Udp};
-    let mut t = Scenario::new("api-deny-allow")
-        .store(api_store(env))
-        .pod(pod("shop/db").labels(&[("app", "db")]).dual_stack())
-        .pod(pod("shop/frontend").labels(&[("app", "frontend")]))
-        .pod(
-            pod("shop/backend")
-                .on(1)
-                .labels(&[("app", "backend")])
-                .dual_stack(),
-        )
-        .pod(pod("staging/backend").on(1).labels(&[("app", "backend")]))
-        .policy(TRAFFIC_DENY_ALL_SHOP)
-        .policy(&traffic_db_policy(&["backend"], 80))
-        .start();
-    t.expect(
-        "deny-all + db from backend on tcp/80",
-        &[
-            allow("shop/backend", "shop/db", Tcp, 80),
-            allow("shop/backend", "shop/db", Tcp, 80).v6(),
-            deny("shop/backend", "shop/db", Tcp, 81),
-            deny("shop/backend", "shop/db", Udp, 80),
-            deny("shop/backend", "shop/db", Sctp, 80),
-            deny("shop/frontend", "shop/db", Tcp, 80),
-            deny("staging/backend", "shop/db", Tcp, 80),
-            deny("shop/db", "shop/frontend", Tcp, 80),
-            deny("shop/db", "shop/backend", Udp, 81),
-            deny("outside", "shop/backend", Tcp, 80),
-            allow("shop/db", "staging/backend", Udp, 80),
-            allow("shop/frontend", "outside", Tcp, 81),
-        ],
-    );
-    t.check("deny-all + db from backend on tcp/80");
-
-    // Updated mid-test: tcp/81, and the same-node frontend too.
-    t.apply_policy(&traffic_db_policy(&["backend", "frontend"], 81));
-    t.expect(
-        "db from backend and frontend on tcp/81",
-        &[
-            deny("shop/backend", "shop/db", Tcp, 80),
-            allow("shop/backend", "shop/db", Tcp, 81),
-            allow("shop/backend", "shop/db", Tcp, 81).v6(),
-            allow("shop/frontend", "shop/db", Tcp, 81),
-            deny("staging/backend", "shop/db", Tcp, 81),
-        ],
-    );
-    t.check("db from backend and frontend on tcp/81");
-
-    t.delete_policy("shop/deny-all");
-    t.expect(
-        "deny-all deleted",
-        &[
-            allow("shop/db", "shop/frontend", Tcp, 80),
-            deny("shop/backend", "shop/db", Tcp, 80),
-            allow("outside", "shop/backend", Udp, 80),
-        ],
-    );
-    t.check("deny-all deleted");
-}
-
-fn traffic_pod_and_namespace_relabelled(env: &Env) {
-    use harness::{allow, deny, pod, Scenario, Tcp, Udp};
-    let mut t = Scenario::new("api-relabel")
-        .store(api_store(env))
-        .namespace("client", &[("env", "dev")])
-        .pod(pod("app/server").labels(&[("app", "server")]))
-        .pod(pod("app/c1").on(1).labels(&[("role", "client")]))
-        .pod(pod("app/c2").labels(&[("role", "none")]))
-        .pod(pod("client/c").on(1).labels(&[("role", "client")]))
-        .policy(
-            "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: server-from-clients, namespace: app}
-spec:
-  podSelector: {matchLabels: {app: server}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {role: client}}}]
-  - from: [{namespaceSelector: {matchLabels: {env: prod}}, podSelector: {matchLabels: {role: client}}}]
-",
-        )
-        .start();
-    t.expect(
-        "initial",
-        &[
-            allow("app/c1", "app/server", Tcp, 80),
-            deny("app/c2", "app/server", Tcp, 80),
-            deny("client/c", "app/server", Tcp, 80),
-        ],
-    );
-    t.check("initial");
-
-    t.label_pod("app/c2", &[("role", "client")]);
-    t.label_pod("app/c1", &[("role", "retired")]);
-    t.expect(
-        "clients swapped",
-        &[
-            deny("app/c1", "app/server", Tcp, 80),
-            allow("app/c2", "app/server", Tcp, 80),
-            allow("app/c2", "app/server", Udp, 81),
-        ],
-    );
-    t.check("clients swapped");
-
-    t.label_namespace("client", &[("env", "prod")]);
-    t.expect(
-        "namespace client relabelled prod",
-        &[allow("client/c", "app/server", Tcp, 80)],
-    );
-    t.check("namespace client relabelled prod");
-
-    // The target itself leaves the policy's selector: no longer isolated.
-    t.label_pod("app/server", &[("app", "something-else")]);
-    t.expect(
-        "server unselected",
-        &[allow("app/c1", "app/server", Tcp, 80)],
-    );
-    t.check("server unselected");
 }
 
 /// A manifest as JSON, with its kind, name and namespace (`default` when absent).

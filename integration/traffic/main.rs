@@ -12,4 +12,5 @@ mod netns;
 mod probe;
 mod scenarios;
 mod servers;
+mod shared;
 mod table;

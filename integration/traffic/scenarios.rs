@@ -101,40 +101,11 @@ fn default_deny_ingress_in_a_namespace() {
     env.check("locked denies all ingress");
 }
 
+/// Shared with the API-driven suite (tests/kube_api.rs): default deny, then `db` from the
+/// backends on one port, updated to another port and the frontend, then the deny deleted.
 #[test]
-fn allow_from_pod_selector_on_one_port() {
-    let env = Scenario::new("allow-podselector-port")
-        .pod(pod("shop/db").labels(&[("app", "db")]))
-        .pod(pod("shop/backend").on(1).labels(&[("app", "backend")]))
-        .pod(pod("shop/frontend").labels(&[("app", "frontend")]))
-        .pod(pod("staging/backend").on(1).labels(&[("app", "backend")]))
-        .policy(&yaml(
-            "
-            apiVersion: networking.k8s.io/v1
-            kind: NetworkPolicy
-            metadata: {name: db-from-backend, namespace: shop}
-            spec:
-              podSelector: {matchLabels: {app: db}}
-              ingress:
-              - from: [{podSelector: {matchLabels: {app: backend}}}]
-                ports: [{protocol: TCP, port: 80}]
-            ",
-        ))
-        .start();
-    env.expect(
-        "spot",
-        &[
-            allow("shop/backend", "shop/db", Tcp, 80),
-            deny("shop/backend", "shop/db", Tcp, 81),
-            deny("shop/backend", "shop/db", Udp, 80),
-            deny("shop/backend", "shop/db", Sctp, 80),
-            deny("shop/frontend", "shop/db", Tcp, 80),
-            deny("staging/backend", "shop/db", Tcp, 80),
-            allow("shop/frontend", "shop/backend", Tcp, 81),
-            allow("shop/db", "staging/backend", Udp, 80),
-        ],
-    );
-    env.check("db only from backend on tcp/80");
+fn default_deny_and_allow_policy_updated() {
+    crate::shared::default_deny_and_allow_policy_updated("deny-allow", None);
 }
 
 #[test]
@@ -245,51 +216,10 @@ fn namespace_relabelled_mid_test() {
     env.check("both not prod");
 }
 
+/// Shared with the API-driven suite (tests/kube_api.rs).
 #[test]
-fn pod_relabelled_mid_test() {
-    let mut env = Scenario::new("pod-relabel")
-        .pod(pod("app/server").labels(&[("app", "server")]))
-        .pod(pod("app/c1").on(1).labels(&[("role", "client")]))
-        .pod(pod("app/c2").labels(&[("role", "none")]))
-        .policy(&yaml(
-            "
-            apiVersion: networking.k8s.io/v1
-            kind: NetworkPolicy
-            metadata: {name: server-from-clients, namespace: app}
-            spec:
-              podSelector: {matchLabels: {app: server}}
-              ingress:
-              - from: [{podSelector: {matchLabels: {role: client}}}]
-            ",
-        ))
-        .start();
-    env.expect(
-        "initial",
-        &[
-            allow("app/c1", "app/server", Tcp, 80),
-            deny("app/c2", "app/server", Tcp, 80),
-        ],
-    );
-    env.check("initial");
-
-    env.label_pod("app/c2", &[("role", "client")]);
-    env.label_pod("app/c1", &[("role", "retired")]);
-    env.expect(
-        "clients swapped",
-        &[
-            deny("app/c1", "app/server", Tcp, 80),
-            allow("app/c2", "app/server", Tcp, 80),
-        ],
-    );
-    env.check("clients swapped");
-
-    // The target itself leaves the policy's selector: no longer isolated.
-    env.label_pod("app/server", &[("app", "something-else")]);
-    env.expect(
-        "server unselected",
-        &[allow("app/c1", "app/server", Tcp, 80)],
-    );
-    env.check("server unselected");
+fn pod_and_namespace_relabelled_mid_test() {
+    crate::shared::pod_and_namespace_relabelled("pod-relabel", None);
 }
 
 #[test]
