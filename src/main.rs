@@ -17,7 +17,16 @@ use kube_nftpol::sources::manifests;
 /// Kubernetes NetworkPolicy enforcement for Flannel clusters, compiled into one nftables
 /// table (`inet kube-nftpol`) per node.
 #[derive(Parser, Debug)]
-#[command(name = "kube-nftpol", version, about, long_about = None)]
+#[command(
+    name = "kube-nftpol",
+    version,
+    about,
+    long_about = None,
+    after_help = "Each command's flags, environment variables and exit statuses: \
+                  kube-nftpol <COMMAND> --help.\n\
+                  Documentation: README.md (the Debian package installs it in \
+                  /usr/share/doc/kube-nftpol/)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,9 +45,21 @@ enum Command {
     /// force. SIGHUP forces a full resync; SIGTERM/SIGINT exit and leave the rules in force.
     ///
     /// Source: --manifests DIR, else --kubeconfig PATH, else the in-cluster service account.
-    /// Every flag can also be given by the environment variable named in brackets.
+    /// Every flag can also be given by the environment variable named in brackets (the
+    /// command line wins). DURATION is 250ms, 20s, 5m or 1h; a bare number is seconds.
+    ///
+    /// Environment besides the flags: RUST_LOG sets the log level (default info);
+    /// NOTIFY_SOCKET, which systemd sets for Type=notify units, gets READY=1 after the first
+    /// full sync.
+    ///
+    /// Exit status: 0 after SIGTERM or SIGINT (the rules stay in force); 1 when this node
+    /// cannot be enforced at start (bridge netfilter cannot be turned on, the kernel refuses
+    /// the ruleset, netlink cannot be opened); 2 for a bad flag or configuration (empty node name, no
+    /// source, an unreadable --manifests directory or --kubeconfig file, a --metrics-addr
+    /// that cannot be parsed or bound).
     Run {
-        /// The node whose pods are the policy targets.
+        /// The node whose pods are the policy targets: the name of its Node object (the
+        /// kubelet's node name), which pods carry in spec.nodeName.
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: String,
         /// Read the cluster from the Kubernetes API with this kubeconfig file (without it and
@@ -55,7 +76,8 @@ enum Command {
         /// are picked up within a second.
         #[arg(long, value_name = "DIR", env = "KUBE_NFTPOL_MANIFESTS")]
         manifests: Option<PathBuf>,
-        /// Where to serve /metrics (Prometheus), /healthz and /readyz; empty to serve nothing.
+        /// Where to serve /metrics (Prometheus), /healthz and /readyz: HOST:PORT ([::]:PORT for
+        /// IPv6); empty to serve nothing.
         #[arg(
             long,
             value_name = "ADDR",
@@ -67,7 +89,8 @@ enum Command {
         /// rules are programmed yet: a new pod is unreachable (and cannot send) until the
         /// transaction that programs its policies. Trade-off: while the daemon cannot sync
         /// (API server down), new pods on this node stay dark. The pod CIDRs come from the
-        /// Node object's spec.podCIDRs and from --flannel-subnet-env.
+        /// Node object's spec.podCIDRs and from --flannel-subnet-env. In the environment:
+        /// true or false.
         #[arg(long, env = "KUBE_NFTPOL_FAIL_CLOSED")]
         fail_closed: bool,
         /// Flannel's subnet file: its FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET are pod CIDRs of
@@ -101,12 +124,22 @@ enum Command {
     },
     /// Delete table `inet kube-nftpol` (and nothing else). Run it after stopping the daemon
     /// to stop enforcing.
+    ///
+    /// Acts on the network namespace it runs in; no other table is touched. A running
+    /// daemon puts the table back at its next sync or drift check, so stop it first. Needs
+    /// CAP_NET_ADMIN (root).
+    ///
+    /// Exit status: 0 when the table was deleted or did not exist (stderr says which); 1 when
+    /// netlink fails.
     Cleanup,
     /// Print the nftables ruleset a node would get, in nft syntax, without touching the kernel.
     ///
     /// Reads Namespace, Node, Pod and NetworkPolicy documents (and Lists of them) from the *.yaml,
     /// *.yml and *.json files of DIR. Bad documents and bad fields are reported on stderr as
     /// warnings and read fail-closed; the ruleset goes to stdout.
+    ///
+    /// Exit status: 0 when the ruleset was printed (warnings or not); 2 for a bad flag or an
+    /// unreadable directory.
     Render {
         /// Directory of manifests to read.
         #[arg(long, value_name = "DIR")]

@@ -27,6 +27,8 @@ struct Node {
     status: PathBuf,
     log: PathBuf,
     daemon: Option<Child>,
+    /// `--node-name`.
+    name: &'static str,
 }
 
 impl Node {
@@ -64,6 +66,7 @@ impl Node {
             ns,
             dir,
             daemon: None,
+            name: "node-a",
         }
     }
 
@@ -93,7 +96,7 @@ impl Node {
                 BIN,
                 "run",
                 "--node-name",
-                "node-a",
+                self.name,
             ])
             .arg("--status-file")
             .arg(&self.status)
@@ -713,4 +716,29 @@ fn fail_closed_follows_a_flannel_subnet_file_written_and_changed_after_start() {
             .is_some_and(|e| e.contains("10.244.7.0/24") && !e.contains("10.244.1.0/24"))
     });
     assert!(node.log().contains("Flannel subnet file changed"));
+}
+
+#[test]
+fn a_node_name_that_names_nothing_is_reported() {
+    let mut node = Node::new("007-db-only-from-backend");
+    node.start(&[]);
+    wait_for("the first sync", &node, || !node.status().is_empty());
+    assert!(
+        !node.log().contains("no Node object of this name"),
+        "{}",
+        node.log()
+    );
+    node.signal("-TERM");
+
+    let mut wrong = Node::new("007-db-only-from-backend");
+    wrong.name = "node-z";
+    wrong.start(&["--fail-closed"]);
+    wait_for("the first sync", &wrong, || !wrong.status().is_empty());
+    let log = wrong.log();
+    assert!(
+        log.contains("no Node object of this name and no pod bound to it")
+            && log.contains("node=\"node-z\"")
+            && log.contains("--fail-closed drops every address"),
+        "{log}"
+    );
 }

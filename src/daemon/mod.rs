@@ -514,6 +514,7 @@ impl StateLoop {
                     policies = self.cluster.policies().count(),
                     "initial state read"
                 );
+                self.warn_if_node_unknown();
                 self.ready = true;
                 self.note("initial", Instant::now(), true);
                 if let Some(p) = self.pending.as_mut() {
@@ -825,6 +826,32 @@ impl StateLoop {
                 .sum(),
         );
         self.cluster_gauges();
+    }
+
+    /// A `--node-name` that names no node is not an error the daemon can detect for sure (a
+    /// new node may have no pods yet), but it silently enforces nothing — and with
+    /// `--fail-closed` it darkens every pod of the node. Said once, when the state is read.
+    fn warn_if_node_unknown(&self) {
+        let node = self.config.node_name.as_str();
+        let known = self.cluster.node(node).is_some()
+            || self
+                .cluster
+                .pods()
+                .any(|p| p.node_name.as_deref() == Some(node));
+        if known {
+            return;
+        }
+        let consequence = if self.config.fail_closed {
+            "no pod here counts as programmed, so --fail-closed drops every address of the \
+             node's pod CIDR"
+        } else {
+            "no pod here is a policy target"
+        };
+        warn!(
+            node,
+            "no Node object of this name and no pod bound to it: is --node-name (NODE_NAME) \
+             the name of this node's Node object? Until it is, {consequence}"
+        );
     }
 
     fn cluster_gauges(&self) {
