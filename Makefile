@@ -1,7 +1,7 @@
 # kube-nftpol — the commands the README names.
 #   make test   everything CI runs: formatting, lints, the whole test suite (needs root:
 #               tests load rulesets into private network namespaces)
-#   make bench  benchmarks (figures printed, nothing asserted)
+#   make bench  every benchmark of BENCHMARKS.md (figures printed, nothing asserted; root)
 #   make demo   the one-command demo (needs root): see below
 
 CARGO ?= cargo
@@ -26,7 +26,7 @@ build: deps
 	$(CARGO) build --locked --release
 
 bench: deps
-	$(CARGO) bench --locked
+	scripts/benchmarks.sh
 
 # The Debian package (release build; packaging/deb/build.sh, described in packaging/README.md).
 .PHONY: deb
