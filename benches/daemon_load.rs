@@ -86,6 +86,10 @@ const NODE_ENV: &str = "DAEMON_LOAD_NODE";
 /// Set (to anything): only the initial load, by the first daemon — the memory of a daemon
 /// holding the cluster, for the sizes of BENCHMARKS.md.
 const LOAD_ONLY_ENV: &str = "BENCH_LOAD_ONLY";
+fn load_only() -> bool {
+    std::env::var_os(LOAD_ONLY_ENV).is_some()
+}
+
 /// Prefix of a child's result lines on its stdout.
 const MARK: &str = "@daemon_load ";
 
@@ -351,12 +355,17 @@ fn parent(sizes: Sizes) {
     let mut msgs: Vec<(usize, Msg)> = Vec::new();
     for (i, (run, what)) in RUNS.iter().enumerate() {
         let d = i + 1;
-        if i > 0 && std::env::var_os(LOAD_ONLY_ENV).is_some() {
+        if i > 0 && load_only() {
             break;
         }
         if *run == "storm-b" && !msgs.iter().any(|(_, m)| matches!(m, Msg::StormBSkipped)) {
             continue;
         }
+        let what = if load_only() {
+            "initial load only"
+        } else {
+            what
+        };
         eprintln!("daemon_load: daemon {d}: {what} ...");
         let mut child = Command::new(&exe)
             .arg("--bench")
@@ -426,6 +435,11 @@ fn print_table(sizes: Sizes, msgs: &[(usize, Msg)], total: Duration, load: [&str
     );
     for (i, (_, what)) in RUNS.iter().enumerate() {
         if msgs.iter().any(|(d, _)| *d == i + 1) {
+            let what = if load_only() {
+                "initial load only"
+            } else {
+                what
+            };
             println!("  daemon ({}): {what}", i + 1);
         }
     }
@@ -561,7 +575,7 @@ fn child(run: &str, tmp: &Path, sizes: Sizes) {
         other => panic!("unknown daemon run {other:?}"),
     };
     let label = format!("{} ms debounce", debounce.as_millis());
-    let load_only = std::env::var_os(LOAD_ONLY_ENV).is_some();
+    let load_only = load_only();
     let node = std::env::var(NODE_ENV).expect("the parent sets DAEMON_LOAD_NODE");
     emit_memory("start");
     let mut world = World::new(&node, sizes.pods);
