@@ -81,11 +81,6 @@ impl Reads {
                 }
         })
     }
-
-    /// Peers read (for the bench and logs).
-    pub fn peers(&self) -> usize {
-        self.peers.len()
-    }
 }
 
 /// Names of the fixed objects.
