@@ -477,15 +477,11 @@ fn metrics_health_and_readiness_follow_the_syncs() {
     // A pod of another node that no peer set here selects: read, judged unable to alter
     // this node's ruleset, nothing compiled or sent.
     node.write("other.yaml", OTHER_NODE_CACHE);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let m = loop {
-        let (_, m) = http_wait(&node, 9476, "/metrics");
-        if sample(&m, "kube_nftpol_changes_skipped_total{reason=\"not_read\"}") == Some(1.0) {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "change never skipped: {m}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut m = String::new();
+    wait_for("the change being skipped", &node, || {
+        m = http_wait(&node, 9476, "/metrics").1;
+        sample(&m, "kube_nftpol_changes_skipped_total{reason=\"not_read\"}") == Some(1.0)
+    });
     assert_eq!(
         sample(&m, "kube_nftpol_syncs_total{kind=\"incremental\"}"),
         Some(1.0),
@@ -648,8 +644,8 @@ fn set_elements(node: &Node, set: &str) -> Option<String> {
     })
 }
 
+/// Polls `ok` for at most 15 s (the daemon re-reads Flannel's subnet file every 5 s tick).
 fn wait_for(what: &str, node: &Node, mut ok: impl FnMut() -> bool) {
-    // The subnet file is re-read every 5 s tick.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !ok() {
         assert!(
